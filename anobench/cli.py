@@ -1,0 +1,221 @@
+"""Command line: `anobench run|report|compare|status|synth|export-maps`.
+
+The only place that prints errors and calls sys.exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.console import Console
+
+from anobench.errors import AnobenchError
+
+log = logging.getLogger("anobench")
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(err: BaseException, debug: bool) -> int:
+    console = _stderr()
+    if debug:
+        console.print("".join(traceback.format_exception(err)), markup=False)
+    console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+    if not debug:
+        console.print("[dim](add debug=true to see the traceback)[/]")
+    return EXIT_USER_ERROR
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the current cell stops and finished ones stay."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    """Plan, run and summarise one `anobench run` (one Hydra job); returns the exit code."""
+    from anobench.report import print_run_table
+    from anobench.runner import plan_run, run_cells
+
+    debug = bool(cfg.get("debug", False))
+    try:
+        plan = plan_run(cfg)
+        if cfg.dry_run:
+            from anobench.planning import print_plan
+
+            print_plan(plan, Console())
+            return 0
+        summary = run_cells(
+            plan,
+            overwrite=cfg.overwrite,
+            save_maps=cfg.save_maps,
+            checkpoint_every=cfg.checkpoint_every,
+            pro_fpr_limit=cfg.pro_fpr_limit,
+            progress=cfg.progress,
+            cache_dir=Path(cfg.cache_dir).expanduser(),
+        )
+    except AnobenchError as err:
+        return _fail(err, debug)
+    print_run_table(plan.results_dir, plan.cells, Console())
+    for cell, message in summary.failed.items():
+        _stderr().print(f"[bold red]failed:[/] {cell.label()}: {message}", soft_wrap=True)
+    return summary.exit_code
+
+
+def _run(args: Sequence[str]) -> int:
+    import hydra
+
+    from anobench.config import CONF_DIR, register_configs
+
+    register_configs()
+    args = list(args)
+    if "-m" in args or "--multirun" in args:
+        from anobench.sweeps import expand_multirun_args
+
+        args = expand_multirun_args(args)
+    codes: list[int] = []
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def task(cfg: DictConfig) -> None:
+        code = run_from_config(cfg)
+        codes.append(code)
+        if code != 0 and _in_multirun():
+            # a launcher in another process only learns of failures through an exception
+            raise RuntimeError(f"anobench job failed with exit code {code}")
+
+    saved_argv = sys.argv
+    sys.argv = ["anobench run", *args]
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        task()
+    except SystemExit as exit_:
+        # Hydra exits 1 after printing a composition or validation error
+        if exit_.code not in (0, None):
+            return EXIT_USER_ERROR
+    finally:
+        sys.argv = saved_argv
+        signal.signal(signal.SIGTERM, previous)
+    return max(codes, default=0)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from anobench.report import report_command
+
+    return report_command(ns)
+
+
+def _compare(ns: argparse.Namespace) -> int:
+    from anobench.report import compare_command
+
+    return compare_command(ns)
+
+
+def _status(ns: argparse.Namespace) -> int:
+    from anobench.sweeps import status_command
+
+    return status_command(ns)
+
+
+def _synth(ns: argparse.Namespace) -> int:
+    from anobench.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(
+        image_size=ns.image_size,
+        n_train=ns.n_train,
+        n_test_good=ns.n_test_good,
+        n_test_defect=ns.n_test_defect,
+        seed=ns.seed,
+    )
+    out = generate(Path(ns.out), spec, progress=True)
+    Console().print(f"wrote synthetic MVTec-layout data to {out}")
+    return 0
+
+
+def _export_maps(ns: argparse.Namespace) -> int:
+    from anobench.export import export_run_maps
+
+    count = export_run_maps(Path(ns.results_dir), Path(ns.out))
+    Console().print(f"wrote {count} TIFF maps under {ns.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anobench",
+        description="Benchmark unsupervised visual anomaly detection on MVTec AD.",
+        epilog="`anobench run --help` shows the Hydra options; `anobench run --cfg job` the config.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="train and evaluate (Hydra overrides follow)", add_help=False)
+
+    report = sub.add_parser("report", help="aggregate results into paper-style tables")
+    report.add_argument("results_dir", nargs="?", default="results")
+    report.add_argument("--out", default=None, help="folder for CSV/Markdown/LaTeX (default: results_dir)")
+    report.add_argument("--figures", action="store_true", help="also write PNG figures")
+    report.add_argument("--status", action="store_true", help="list done/failed/missing cells")
+    report.set_defaults(handler=_report)
+
+    compare = sub.add_parser("compare", help="compare two results CSVs; exit 1 on regression")
+    compare.add_argument("baseline")
+    compare.add_argument("candidate")
+    compare.add_argument("--metric", action="append", default=None)
+    compare.add_argument("--tolerance", type=float, default=0.5, help="allowed drop in points")
+    compare.set_defaults(handler=_compare)
+
+    status = sub.add_parser("status", help="done, failed and missing cells of a results folder")
+    status.add_argument("results_dir", nargs="?", default="results")
+    status.set_defaults(handler=_status)
+
+    synth = sub.add_parser("synth", help="write the synthetic MVTec-layout dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--n-train", type=int, default=40)
+    synth.add_argument("--n-test-good", type=int, default=10)
+    synth.add_argument("--n-test-defect", type=int, default=20)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_synth)
+
+    export = sub.add_parser("export-maps", help="write anomaly maps as TIFF for the MVTec evaluator")
+    export.add_argument("results_dir", help="a results folder (or one cell folder)")
+    export.add_argument("--out", required=True)
+    export.set_defaults(handler=_export_maps)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `anobench` console script; returns (and, as a script, exits with) a code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if argv and argv[0] == "run":
+            return _run(argv[1:])
+        ns = _parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = ns.handler
+        return handler(ns)
+    except KeyboardInterrupt:
+        _stderr().print("interrupted: finished cells are saved; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    except AnobenchError as err:
+        return _fail(err, debug="--debug" in argv)
+

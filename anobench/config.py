@@ -1,0 +1,126 @@
+"""Dataclass schemas for every config group, registered in Hydra's ConfigStore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from anobench.backbones import BackboneConfig
+from anobench.data.mvtec import MVTEC_CATEGORIES
+from anobench.errors import AnobenchError
+from anobench.methods import method_entry
+from anobench.methods.base import _REGISTRY
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class SyntheticConfig:
+    """Size of the built-in synthetic MVTec-layout data (generated once into the cache)."""
+
+    image_size: int = 128
+    n_train: int = 40
+    n_test_good: int = 10
+    n_test_defect: int = 20
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mvtec"
+    root: str | None = None  # folder holding one sub-folder per class, MVTec AD layout
+    categories: list[str] = field(default_factory=lambda: list(MVTEC_CATEGORIES))  # = `all`
+    synthetic: SyntheticConfig | None = None  # set: generate this data into cache_dir first
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast around network forwards)
+    compile: bool = False  # torch.compile the trained networks
+    channels_last: bool = False
+    deterministic: bool = False  # torch deterministic algorithms; slower on GPU
+    num_workers: int = 0  # DataLoader workers for decoding at load time
+    eval_batch_size: int = 16  # test-time batch size (does not change results)
+    gpu_from_job: bool = False  # multi_gpu: pick cuda:(job index % GPU count)
+
+
+@dataclass
+class RunConfig:
+    """The top-level keys of `anobench run`."""
+
+    method: Any = MISSING
+    backbone: BackboneConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    category: Any = "all"  # one class, a list, or `all` = dataset.categories
+    seed: Any = 0  # one seed or a list
+    results_dir: str = "results"
+    cache_dir: str = "~/.cache/anobench"
+    overwrite: bool = False  # rerun cells whose metrics.json exists
+    save_maps: bool = True  # keep anomaly maps (float16) for export-maps and figures
+    checkpoint_every: int = 10  # epochs between resumable checkpoints
+    pro_fpr_limit: float = 0.3
+    progress: bool = True
+    debug: bool = False  # show tracebacks
+    dry_run: bool = False  # print the plan (cells, epochs, time estimate) and stop
+
+
+def register_configs() -> None:
+    """Put every schema into Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(group="backbone", name="backbone_schema", node=BackboneConfig)
+    store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    store.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    for name, entry in _REGISTRY.items():
+        store.store(group="method", name=f"{name}_schema", node=entry.config_cls)
+
+
+def method_config(cfg: DictConfig) -> Any:
+    """The method's config as its dataclass instance (runs its validation)."""
+    return _to_object(cfg.method, "method", method_entry(cfg.method.name).config_cls)
+
+
+def backbone_config(cfg: DictConfig) -> BackboneConfig:
+    return _to_object(cfg.backbone, "backbone", BackboneConfig)
+
+
+def hardware_config(cfg: DictConfig) -> HardwareConfig:
+    return _to_object(cfg.hardware, "hardware", HardwareConfig)
+
+
+def dataset_config(cfg: DictConfig) -> DatasetConfig:
+    return _to_object(cfg.dataset, "dataset", DatasetConfig)
+
+
+def _to_object(node: DictConfig, group: str, cls: type) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise AnobenchError(f"invalid {group} config: {str(err).splitlines()[0]}") from err
+
+
+def resolve_categories(category: Any, available: list[str]) -> list[str]:
+    """`all`, one name, a comma list or a list -> class names, validated against `available`."""
+    if isinstance(category, str):
+        names = available if category == "all" else [c.strip() for c in category.split(",")]
+    else:
+        names = [str(c) for c in category]
+    if not names:
+        raise AnobenchError("category is empty; give a class name, a list, or all.")
+    return names
+
+
+def resolve_seeds(seed: Any) -> list[int]:
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise AnobenchError(f"seed={seed!r} must be an integer or a list of integers.")
+    return seeds
+

@@ -1,0 +1,184 @@
+"""The only owner of device, dtype, autocast, seeding and determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from anobench.errors import AnobenchError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where and how tensors run: device, autocast precision and speed switches."""
+
+    device: torch.device
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.precision]
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """Storage dtype for cached frozen features: half precision on the GPU, else float32."""
+        if self.is_cuda:
+            return self.amp_dtype or torch.float16
+        return torch.float32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for network forwards; a no-op in fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler, active only for fp16 on CUDA."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16" and self.is_cuda)
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Move a module to the device (and memory format); compile its forward when asked."""
+        module = module.to(self.device)
+        if self.channels_last and self.is_cuda:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def maybe_compile(self, module: nn.Module) -> nn.Module:
+        """torch.compile the module when hardware.compile is on."""
+        return torch.compile(module) if self.compile else module  # type: ignore[return-value]
+
+    def to_device(self, tensor: torch.Tensor, non_blocking: bool = True) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=non_blocking and self.is_cuda)
+        if self.channels_last and self.is_cuda and tensor.ndim == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory_bytes(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.is_cuda else None
+
+    def free_memory_bytes(self) -> int | None:
+        if not self.is_cuda:
+            return None
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return int(free)
+
+    def empty_cache(self) -> None:
+        if self.is_cuda:
+            torch.cuda.empty_cache()
+
+    def describe(self) -> str:
+        """A human-readable device name, written into every record and table."""
+        if self.is_cuda:
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+
+    def peak_flops(self) -> float | None:
+        """Dense bf16 tensor-core peak FLOP/s of known GPUs (for roofline fractions)."""
+        if not self.is_cuda:
+            return None
+        name = torch.cuda.get_device_name(self.device)
+        for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12)):
+            if key in name:
+                return flops
+        return None
+
+
+def create_hardware(
+    device: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool = False,
+    deterministic: bool = False,
+) -> Hardware:
+    """Resolve `hardware=` settings to a Hardware; `auto` picks CUDA when present."""
+    if precision not in PRECISIONS:
+        raise AnobenchError(
+            f"hardware.precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise AnobenchError(f"hardware.device={device!r} is not a valid torch device.") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AnobenchError(
+            f"hardware.device={device!r} asks for CUDA but no GPU is visible; "
+            "use hardware=cpu or hardware.device=auto."
+        )
+    if resolved.type == "cpu" and precision == "fp16":
+        raise AnobenchError("hardware.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU.")
+    if deterministic:
+        # cuBLAS needs this set before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    torch.backends.cudnn.benchmark = not deterministic and resolved.type == "cuda"
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    return Hardware(resolved, precision, compile, channels_last, deterministic)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All global RNG states, for checkpoints."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one epoch's data order, so a resumed run draws the same batches."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + epoch)
+    return generator
+
+
+@contextlib.contextmanager
+def inference_mode() -> Iterator[None]:
+    with torch.inference_mode():
+        yield

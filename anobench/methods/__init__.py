@@ -1,0 +1,24 @@
+"""The method registry: explicit imports fill it; build methods by name."""
+
+from __future__ import annotations
+
+from anobench.methods import knn  # noqa: F401  (registers "knn")
+from anobench.methods.base import (
+    Method,
+    MethodContext,
+    Scores,
+    create_method,
+    list_methods,
+    method_entry,
+    register,
+)
+
+__all__ = [
+    "Method",
+    "MethodContext",
+    "Scores",
+    "create_method",
+    "list_methods",
+    "method_entry",
+    "register",
+]
