@@ -66,6 +66,7 @@ def run_from_config(cfg: DictConfig) -> int:
             pro_fpr_limit=cfg.pro_fpr_limit,
             progress=cfg.progress,
             cache_dir=Path(cfg.cache_dir).expanduser(),
+            latency_repeats=cfg.latency_repeats,
         )
     except AnobenchError as err:
         return _fail(err, debug)

@@ -66,6 +66,7 @@ class RunConfig:
     save_maps: bool = True  # keep anomaly maps (float16) for export-maps and figures
     checkpoint_every: int = 10  # epochs between resumable checkpoints
     pro_fpr_limit: float = 0.3
+    latency_repeats: int = 20  # timed single-image predictions for latency p50/p95 (0: skip)
     progress: bool = True
     debug: bool = False  # show tracebacks
     dry_run: bool = False  # print the plan (cells, epochs, time estimate) and stop

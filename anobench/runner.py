@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from torch.utils.data import DataLoader
 
 from anobench.backbones import BackboneConfig
+from anobench.cost import count_parameters, measure_inference
 from anobench.config import (
     DatasetConfig,
     HardwareConfig,
@@ -148,7 +148,8 @@ def is_done(cell: Cell, results_dir: Path) -> bool:
 
 
 def run_cells(plan: RunPlan, *, overwrite: bool, save_maps: bool, checkpoint_every: int,
-              pro_fpr_limit: float, progress: bool, cache_dir: Path) -> RunSummary:
+              pro_fpr_limit: float, progress: bool, cache_dir: Path,
+              latency_repeats: int = 20) -> RunSummary:
     """Run every cell; a failing cell is recorded and the others go on."""
     summary = RunSummary(done=[], skipped=[], failed={})
     for index, cell in enumerate(plan.cells, start=1):
@@ -161,6 +162,7 @@ def run_cells(plan: RunPlan, *, overwrite: bool, save_maps: bool, checkpoint_eve
             record = run_cell(
                 cell, plan, save_maps=save_maps, checkpoint_every=checkpoint_every,
                 pro_fpr_limit=pro_fpr_limit, progress=progress, cache_dir=cache_dir,
+                latency_repeats=latency_repeats,
             )
         except Exception as err:  # any fault stops this cell only; it is recorded
             message = _failure_message(err, plan)
@@ -220,17 +222,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def count_parameters(method: Method) -> tuple[int, int]:
-    """(trainable, total) parameters over every nn.Module the method holds."""
-    modules = [value for value in vars(method).values() if isinstance(value, nn.Module)]
-    params = {id(p): p for module in modules for p in module.parameters()}.values()
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    return trainable, total
-
-
 def run_cell(cell: Cell, plan: RunPlan, *, save_maps: bool, checkpoint_every: int,
-             pro_fpr_limit: float, progress: bool, cache_dir: Path) -> dict[str, Any]:
+             pro_fpr_limit: float, progress: bool, cache_dir: Path,
+             latency_repeats: int = 20) -> dict[str, Any]:
     """Train and evaluate one cell; write its maps, then its record (the record marks it done)."""
     started = _now()
     cell_dir = cell.directory(plan.results_dir)
@@ -288,6 +282,8 @@ def run_cell(cell: Cell, plan: RunPlan, *, save_maps: bool, checkpoint_every: in
         image_names=paths,
     )
     trainable, total = count_parameters(method)
+    inference = measure_inference(method, test_set[0]["image"].unsqueeze(0), hardware,
+                                  repeats=latency_repeats) if latency_repeats > 0 else {}
     record = {
         "schema": SCHEMA_VERSION,
         "status": "done",
@@ -301,6 +297,7 @@ def run_cell(cell: Cell, plan: RunPlan, *, save_maps: bool, checkpoint_every: in
             "test_images_per_second": len(test_set) / test_seconds if test_seconds > 0 else None,
             "peak_gpu_memory_bytes_train": peak_train,
             "peak_gpu_memory_bytes_test": hardware.peak_memory_bytes(),
+            **inference,
         },
         "n_train": len(train_set),
         "n_test": len(test_set),

@@ -1,0 +1,38 @@
+"""Shared test settings: the tiniest real runs on the synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_DATA = [
+    "experiment=demo",
+    "dataset.synthetic.image_size=64",
+    "dataset.synthetic.n_train=10",
+    "dataset.synthetic.n_test_good=5",
+    "dataset.synthetic.n_test_defect=8",
+    "latency_repeats=0",
+    "progress=false",
+]
+
+
+def tiny_run_args(tmp_path: Path, *extra: str, method: str = "knn") -> list[str]:
+    """`anobench run` arguments for a seconds-long run writing under tmp_path."""
+    return [
+        "run",
+        f"method={method}",
+        *TINY_DATA,
+        "method.image_size=64",
+        f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+
+
+def cell_dir(tmp_path: Path, category: str, method: str = "knn", seed: int = 0,
+             backbone: str = "resnet18.tv_in1k") -> Path:
+    return tmp_path / "results" / "synthetic" / method / backbone / category / f"seed{seed}"
+
+
+def read_metrics(tmp_path: Path, category: str, **kwargs: object) -> dict:
+    return json.loads((cell_dir(tmp_path, category, **kwargs) / "metrics.json").read_text())
