@@ -1,18 +1,35 @@
-"""Results to tables: rich in the terminal, CSV and Markdown on disk."""
+"""Results to paper-style tables (rich, Markdown, LaTeX) and a tidy CSV; compare two CSVs."""
 
 from __future__ import annotations
 
 import argparse
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from anobench.data.mvtec import MVTEC_CATEGORIES
-from anobench.results import Cell, METRICS_FILE, load_results, read_record, write_bytes_atomic
+from anobench.data.mvtec import MVTEC_CATEGORIES, OBJECTS, TEXTURES
+from anobench.errors import AnobenchError
+from anobench.metrics import METRIC_IDS
+from anobench.results import (
+    ERROR_FILE,
+    METRICS_FILE,
+    RECORD_COLUMNS,
+    Cell,
+    iter_records,
+    read_record,
+    write_bytes_atomic,
+)
 
-TABLE_METRICS = ("image_auroc", "pixel_auroc", "pro", "image_ap", "pixel_ap")
+PAPER_METRICS = ("image_auroc", "pixel_auroc", "pro")
 METRIC_TITLES = {
     "image_auroc": "Image AUROC",
     "pixel_auroc": "Pixel AUROC",
@@ -22,66 +39,769 @@ METRIC_TITLES = {
     "image_f1_max": "Image F1-max",
     "pixel_f1_max": "Pixel F1-max",
 }
+COST_FIELDS = (
+    "params_trainable",
+    "params_total",
+    "gflops_per_image",
+    "train_seconds",
+    "test_seconds",
+    "test_images_per_second",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "peak_gpu_memory_bytes_train",
+    "peak_gpu_memory_bytes_test",
+)
+_INTEGER_FIELDS = (
+    "params_trainable",
+    "params_total",
+    "peak_gpu_memory_bytes_train",
+    "peak_gpu_memory_bytes_test",
+)
+KEY_COLUMNS = (*RECORD_COLUMNS, "metric")
+CSV_COLUMNS = (*KEY_COLUMNS, "value", "device", "precision", "git_commit", *COST_FIELDS)
+PUBLISHED_DATASET = "mvtec"
+DATASET_TITLES = {"mvtec": "MVTec AD"}
+MISSING = "—"
+NOT_PUBLISHED = "n/p"
+TEXTURES_MEAN, OBJECTS_MEAN, MEAN = "Textures mean", "Objects mean", "Mean"
+# The classes a mean row of the published tables averages over.
+GROUP_CLASSES = {TEXTURES_MEAN: TEXTURES, OBJECTS_MEAN: OBJECTS, MEAN: MVTEC_CATEGORIES}
+# A difference of exactly the tolerance is not a regression, whatever the float rounding.
+_EPS = 1e-9
 
 
-def category_order(categories: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class Stat:
+    """A table entry in percent: mean, std over seeds (None: one seed) and seed count."""
+
+    mean: float | None
+    std: float | None = None
+    n: int | None = None  # None: not a seed statistic (a published number, a difference)
+    signed: bool = False
+
+
+Entry = Stat | str
+
+
+@dataclass
+class TextTable:
+    """A table independent of its output format; `rules` are rows preceded by a line."""
+
+    title: str
+    header: list[str]
+    rows: list[list[Entry]]
+    bold: list[set[int]] = field(default_factory=list)
+    rules: set[int] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    n_seeds: int = 1
+
+
+@dataclass(frozen=True)
+class _Row:
+    label: str
+    classes: tuple[str, ...]
+    group: bool
+
+
+# --- records to frames -------------------------------------------------------------------------
+
+
+def category_order(categories: Iterable[str]) -> list[str]:
     """MVTec classes in the papers' order (textures, then objects), then any others sorted."""
-    known = [c for c in MVTEC_CATEGORIES if c in categories]
-    return known + sorted(c for c in categories if c not in MVTEC_CATEGORIES)
+    categories = set(categories)
+    return [c for c in MVTEC_CATEGORIES if c in categories] + sorted(
+        c for c in categories if c not in MVTEC_CATEGORIES
+    )
 
 
-def per_class_table(frame: pd.DataFrame, metrics: tuple[str, ...] = TABLE_METRICS) -> pd.DataFrame:
-    """Classes as rows, metrics as columns (percent, mean over seeds), with a mean row."""
-    frame = frame[frame["metric"].isin(metrics)]
-    table = frame.pivot_table(index="category", columns="metric", values="value", aggfunc="mean")
-    table = table.reindex(index=category_order(list(table.index)), columns=list(metrics)) * 100
-    table.loc["mean"] = table.mean(numeric_only=True)
+def _sort_key(column: pd.Series) -> pd.Series:
+    orders = {"category": MVTEC_CATEGORIES, "metric": METRIC_IDS}
+    if column.name not in orders:
+        return column
+    order = orders[column.name]
+    return column.map(lambda v: f"{order.index(v) if v in order else len(order):03d}{v}")
+
+
+def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by dataset, method, backbone, class (papers' order), seed and metric."""
+    by = [c for c in KEY_COLUMNS if c in frame.columns]
+    return frame.sort_values(by, key=_sort_key, kind="stable").reset_index(drop=True)
+
+
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Finished records as the tidy frame of results.csv: one row per cell and metric."""
+    rows = []
+    for record in records:
+        cost = record.get("cost") or {}
+        base = {key: record[key] for key in RECORD_COLUMNS}
+        base |= {key: record.get(key) for key in ("device", "precision", "git_commit")}
+        base |= {name: cost.get(name) for name in COST_FIELDS}
+        for metric, value in (record.get("metrics") or {}).items():
+            rows.append({**base, "metric": metric, "value": value})
+    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    for column in ("value", *COST_FIELDS):
+        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    for column in _INTEGER_FIELDS:
+        frame[column] = frame[column].round().astype("Int64")
+    frame["seed"] = frame["seed"].astype(int)
+    return sort_frame(frame)
+
+
+def model_labels(frame: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(method, backbone) -> column label: the method, plus the backbone if it has several."""
+    pairs = sorted(set(zip(frame["method"], frame["backbone"], strict=True)))
+    counts = pd.Series([m for m, _ in pairs]).value_counts()
+    return {(m, b): m if counts[m] == 1 else f"{m} ({b})" for m, b in pairs}
+
+
+def load_published() -> pd.DataFrame:
+    """The published per-class numbers (percent) shipped with the package, with their source."""
+    text = resources.files("anobench").joinpath("published", "mvtec_published.csv").read_text()
+    return pd.read_csv(io.StringIO(text))
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def class_stat(values: pd.Series) -> Stat:
+    """Mean and sample std (ddof=1) over seeds of one class; None entries are skipped."""
+    values = values.dropna()
+    std = values.std(ddof=1) if len(values) > 1 else None
+    return Stat(_nan_to_none(values.mean()) if len(values) else None, std, len(values))
+
+
+def group_stat(values: pd.DataFrame, classes: Sequence[str]) -> Stat:
+    """Mean over classes of the per-class seed means; std over seeds of the per-seed averages.
+
+    `values` holds columns category, seed and value; only seeds with every class count for the std.
+    """
+    values = values[values["category"].isin(classes)].dropna(subset=["value"])
+    if values.empty:
+        return Stat(None, None, 0)
+    mean = values.groupby("category")["value"].mean().mean()
+    wide = values.pivot_table(index="seed", columns="category", values="value", aggfunc="mean")
+    complete = wide.dropna()
+    std = complete.mean(axis=1).std(ddof=1) if len(complete) > 1 else None
+    return Stat(float(mean), _nan_to_none(std) if std is not None else None, len(complete))
+
+
+def row_layout(categories: Iterable[str]) -> list[_Row]:
+    """Class rows in the papers' order, then the Textures, Objects and overall mean rows."""
+    ordered = category_order(categories)
+    rows = [_Row(c, (c,), False) for c in ordered]
+    textures = tuple(c for c in ordered if c in TEXTURES)
+    objects = tuple(c for c in ordered if c in OBJECTS)
+    if textures:
+        rows.append(_Row(TEXTURES_MEAN, textures, True))
+    if objects:
+        rows.append(_Row(OBJECTS_MEAN, objects, True))
+    rows.append(_Row(MEAN, tuple(ordered), True))
+    return rows
+
+
+def _rules(layout: list[_Row]) -> set[int]:
+    """Lines after the textures, after the objects, and before the mean rows."""
+    rules = set()
+    for index in range(1, len(layout)):
+        before, here = layout[index - 1], layout[index]
+        kind = [_kind(before), _kind(here)]
+        if kind[0] != kind[1]:
+            rules.add(index)
+    return rules
+
+
+def _kind(row: _Row) -> str:
+    if row.group:
+        return "mean"
+    if row.label in TEXTURES:
+        return "texture"
+    return "object" if row.label in OBJECTS else "other"
+
+
+def row_stat(values: pd.DataFrame, row: _Row) -> Stat:
+    if row.group:
+        return group_stat(values, row.classes)
+    return class_stat(values.loc[values["category"] == row.label, "value"])
+
+
+def published_value(published: pd.DataFrame, method: str, metric: str, label: str) -> float | None:
+    """The published number of a class or mean row; a mean row falls back to the class mean."""
+    rows = published[(published["method"] == method) & (published["metric"] == metric)]
+    values = dict(zip(rows["category"], rows["value"], strict=True))
+    if label in values:
+        return float(values[label])
+    if label == MEAN and "mean" in values:
+        return float(values["mean"])
+    classes = GROUP_CLASSES.get(label)
+    if classes and all(c in values for c in classes):
+        return float(sum(values[c] for c in classes) / len(classes))
+    return None
+
+
+def _difference(measured: Stat, published: float | None, row: _Row) -> Entry:
+    """measured - published; on a mean row only when every class of the paper's mean was run."""
+    if published is None or measured.mean is None:
+        return MISSING
+    if row.group and not set(GROUP_CLASSES.get(row.label, ())) <= set(row.classes):
+        return MISSING
+    return Stat(measured.mean - published, signed=True)
+
+
+def _published_entries(
+    published: pd.DataFrame, method: str, metric: str, row: _Row, measured: Stat
+) -> list[Entry]:
+    value = published_value(published, method, metric, row.label)
+    shown: Entry = NOT_PUBLISHED if value is None else Stat(value)
+    return [shown, _difference(measured, value, row)]
+
+
+def _percent(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["value"] = frame["value"] * 100
+    return frame
+
+
+def _common_n(stats: Iterable[Entry]) -> int:
+    counts = [s.n for s in stats if isinstance(s, Stat) and s.n]
+    return max(counts, default=1)
+
+
+def _notes(frame: pd.DataFrame, table: TextTable, with_published: bool) -> list[str]:
+    notes = []
+    flat = [entry for row in table.rows for entry in row]
+    if table.n_seeds > 1:
+        notes.append(f"mean ± std (sample, ddof=1) over {table.n_seeds} seeds")
+    if any(isinstance(e, Stat) and e.n and e.n != table.n_seeds for e in flat):
+        notes.append("(n=k): only k seeds finished")
+    if with_published:
+        notes.append(f"pub.: published number; Δ = measured − published; {NOT_PUBLISHED}: none")
+    devices = sorted(d for d in frame["device"].dropna().unique())
+    notes.append("hardware: " + ("; ".join(devices) if devices else "not recorded"))
+    return notes
+
+
+def _best_columns(row: list[Entry], columns: list[int]) -> set[int]:
+    """Columns holding the highest value at the printed precision (ties all bold)."""
+    shown = {
+        c: round(row[c].mean, 1)
+        for c in columns
+        if isinstance(row[c], Stat) and row[c].mean is not None
+    }
+    if len(shown) < 2:
+        return set()
+    best = max(shown.values())
+    return {c for c, v in shown.items() if v == best}
+
+
+def _dataset_title(dataset: str) -> str:
+    return DATASET_TITLES.get(dataset, dataset)
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+def metric_table(
+    frame: pd.DataFrame, metric: str, published: pd.DataFrame | None = None
+) -> TextTable:
+    """One metric of one dataset: classes as rows, models (+ published, Δ) as columns."""
+    frame = _percent(frame[frame["metric"] == metric])
+    dataset = frame["dataset"].iloc[0]
+    labels = model_labels(frame)
+    layout = row_layout(frame["category"].unique())
+    header, measured_columns = ["Class"], []
+    with_pub = _published_methods(published, dataset, labels)
+    for method, backbone in labels:
+        measured_columns.append(len(header))
+        header.append(labels[method, backbone])
+        if method in with_pub:
+            header += [f"{method} pub.", "Δ"]
+    rows = []
+    for row in layout:
+        entries: list[Entry] = [row.label]
+        for method, backbone in labels:
+            model = frame[(frame["method"] == method) & (frame["backbone"] == backbone)]
+            stat = row_stat(model, row)
+            entries.append(stat)
+            if method in with_pub:
+                entries += _published_entries(published, method, metric, row, stat)
+        rows.append(entries)
+    title = f"{METRIC_TITLES.get(metric, metric)} (%) on {_dataset_title(dataset)}"
+    table = TextTable(title, header, rows, rules=_rules(layout))
+    table.bold = [_best_columns(r, measured_columns) for r in rows]
+    table.n_seeds = _common_n(e for r in rows for e in r)
+    table.notes = _notes(frame, table, bool(with_pub))
     return table
 
 
-def _cell(value: float) -> str:
-    return "-" if pd.isna(value) else f"{value:.1f}"
+def paper_table(
+    frame: pd.DataFrame,
+    metrics: Sequence[str] = PAPER_METRICS,
+    published: pd.DataFrame | None = None,
+) -> TextTable:
+    """One model on one dataset in the papers' layout: classes as rows, metrics as columns."""
+    frame = _percent(frame)
+    dataset, method, backbone = (frame[c].iloc[0] for c in ("dataset", "method", "backbone"))
+    with_pub = bool(_published_methods(published, dataset, {(method, backbone): method}))
+    layout = row_layout(frame["category"].unique())
+    header = ["Class"]
+    for metric in metrics:
+        header.append(METRIC_TITLES.get(metric, metric))
+        if with_pub:
+            header += ["pub.", "Δ"]
+    rows = []
+    for row in layout:
+        entries: list[Entry] = [row.label]
+        for metric in metrics:
+            stat = row_stat(frame[frame["metric"] == metric], row)
+            entries.append(stat)
+            if with_pub:
+                entries += _published_entries(published, method, metric, row, stat)
+        rows.append(entries)
+    title = f"{method} ({backbone}) on {_dataset_title(dataset)}, percent"
+    table = TextTable(title, header, rows, bold=[set() for _ in rows], rules=_rules(layout))
+    table.n_seeds = _common_n(e for r in rows for e in r)
+    table.notes = _notes(frame, table, with_pub)
+    return table
 
 
-def print_table(table: pd.DataFrame, title: str, console: Console) -> None:
-    rich_table = Table(title=title)
-    rich_table.add_column("class")
-    for metric in table.columns:
-        rich_table.add_column(METRIC_TITLES.get(metric, metric), justify="right")
-    for category, row in table.iterrows():
-        style = "bold" if category == "mean" else None
-        rich_table.add_row(str(category), *(_cell(v) for v in row), style=style)
-    console.print(rich_table)
+def _published_methods(
+    published: pd.DataFrame | None, dataset: str, labels: dict[tuple[str, str], str]
+) -> set[str]:
+    if published is None or dataset != PUBLISHED_DATASET:
+        return set()
+    return {m for m, _ in labels} & set(published["method"])
+
+
+def _mean(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
+def _max(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.max()) if len(values) else None
+
+
+def _fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    return MISSING if value is None else f"{value / scale:.{digits}f}"
+
+
+def cost_table(frame: pd.DataFrame) -> TextTable | None:
+    """What each model cost on one dataset (means over cells, peaks as maxima), or None."""
+    cells = frame.drop_duplicates(subset=list(RECORD_COLUMNS))
+    if cells[list(COST_FIELDS)].isna().all().all():
+        return None
+    labels = model_labels(cells)
+    quantities: list[tuple[str, Any]] = [
+        ("Params trainable (M)", lambda c: _fmt_number(_mean(c["params_trainable"]), 1e6, 2)),
+        ("Params total (M)", lambda c: _fmt_number(_mean(c["params_total"]), 1e6, 2)),
+        ("GFLOPs / image", lambda c: _fmt_number(_mean(c["gflops_per_image"]), 1, 2)),
+        ("Train time / class (s)", lambda c: _fmt_number(_mean(c["train_seconds"]))),
+        ("Train time, all cells (min)", lambda c: _fmt_number(_sum(c["train_seconds"]), 60)),
+        (
+            "Peak GPU memory, train (GiB)",
+            lambda c: _fmt_number(_max(c["peak_gpu_memory_bytes_train"]), 2**30, 2),
+        ),
+        (
+            "Peak GPU memory, test (GiB)",
+            lambda c: _fmt_number(_max(c["peak_gpu_memory_bytes_test"]), 2**30, 2),
+        ),
+        ("Throughput (images/s)", lambda c: _fmt_number(_mean(c["test_images_per_second"]))),
+        ("Latency p50 (ms / image)", lambda c: _fmt_number(_mean(c["latency_ms_p50"]), 1, 2)),
+        ("Latency p95 (ms / image)", lambda c: _fmt_number(_mean(c["latency_ms_p95"]), 1, 2)),
+        ("Precision", lambda c: _joined(c["precision"])),
+        ("Hardware", lambda c: _joined(c["device"])),
+        ("Cells", lambda c: str(len(c))),
+    ]
+    rows: list[list[Entry]] = []
+    for name, compute in quantities:
+        row: list[Entry] = [name]
+        for method, backbone in labels:
+            model = cells[(cells["method"] == method) & (cells["backbone"] == backbone)]
+            row.append(compute(model))
+        rows.append(row)
+    dataset = cells["dataset"].iloc[0]
+    return TextTable(
+        f"Cost on {_dataset_title(dataset)}",
+        ["", *labels.values()],
+        rows,
+        bold=[set() for _ in rows],
+        rules={len(quantities) - 3},
+        notes=["means over cells (classes x seeds); peak memory: maximum; —: not recorded"],
+    )
+
+
+def _sum(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.sum()) if len(values) else None
+
+
+def _joined(values: pd.Series) -> str:
+    found = sorted(str(v) for v in values.dropna().unique())
+    return "; ".join(found) if found else MISSING
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def format_entry(entry: Entry, n_seeds: int = 1, latex: bool = False) -> str:
+    """One entry as papers print it: 97.9, 97.9 ± 0.3, +1.2; missing values as —."""
+    if isinstance(entry, str):
+        return entry
+    if entry.mean is None:
+        return MISSING
+    text = _signed(entry.mean, latex) if entry.signed else f"{entry.mean:.1f}"
+    if entry.std is not None:
+        text += (r" $\pm$ " if latex else " ± ") + f"{entry.std:.1f}"
+    if entry.n is not None and entry.n != n_seeds:
+        text += f" (n={entry.n})"
+    return text
+
+
+def _signed(value: float, latex: bool) -> str:
+    """+1.2 / -0.4 / 0.0 (no signed zero); LaTeX gets math-mode signs."""
+    text = f"{value:+.1f}"
+    if text in ("+0.0", "-0.0"):
+        return "0.0"
+    return f"${text[0]}${text[1:]}" if latex else text
+
+
+def to_rich(table: TextTable) -> Table:
+    rich_table = Table(title=table.title, caption="; ".join(table.notes), caption_justify="left")
+    for index, name in enumerate(table.header):
+        rich_table.add_column(name, justify="left" if index == 0 else "right")
+    for index, row in enumerate(table.rows):
+        cells = [
+            Text(
+                format_entry(entry, table.n_seeds),
+                style="bold" if column in _bold(table, index) else "",
+            )
+            for column, entry in enumerate(row)
+        ]
+        rich_table.add_row(*cells, end_section=index + 1 in table.rules)
+    return rich_table
+
+
+def _bold(table: TextTable, row: int) -> set[int]:
+    return table.bold[row] if row < len(table.bold) else set()
+
+
+def to_markdown(table: TextTable) -> str:
+    """A GitHub-flavoured Markdown table with its title above and its notes below."""
+    lines = [f"**{table.title}**", ""]
+    lines.append("| " + " | ".join(table.header) + " |")
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(table.header) - 1)) + "|")
+    for index, row in enumerate(table.rows):
+        cells = []
+        for column, entry in enumerate(row):
+            text = format_entry(entry, table.n_seeds).replace("|", r"\|")
+            cells.append(f"**{text}**" if column in _bold(table, index) and text else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *(f"{note}  " for note in table.notes)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "Δ": r"$\Delta$",
+    "±": r"$\pm$",
+    "−": "$-$",
+    "—": "--",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def to_latex(table: TextTable, label: str) -> str:
+    """A booktabs table environment ready to paste (needs \\usepackage{booktabs})."""
+    columns = "l" + "r" * (len(table.header) - 1)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + latex_escape(table.title + ". " + "; ".join(table.notes) + ".") + "}",
+        r"\label{tab:" + label + "}",
+        r"\begin{tabular}{" + columns + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+    ]
+    for index, row in enumerate(table.rows):
+        if index in table.rules:
+            lines.append(r"\midrule")
+        cells = []
+        for column, entry in enumerate(row):
+            if isinstance(entry, str):
+                text = latex_escape(entry)
+            else:
+                text = format_entry(entry, table.n_seeds, latex=True).replace("—", "--")
+            cells.append(r"\textbf{" + text + "}" if column in _bold(table, index) else text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- report command ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamedTable:
+    name: str  # file stem
+    table: TextTable
+    terminal: bool  # also printed by `anobench report`
+
+
+def build_tables(frame: pd.DataFrame, published: pd.DataFrame | None) -> list[NamedTable]:
+    """Every table of a report: per model (paper layout), per metric, and costs, per dataset."""
+    tables = []
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    for dataset in datasets:
+        suffix = "" if len(datasets) == 1 else f"_{dataset}"
+        data = frame[frame["dataset"] == dataset]
+        labels = model_labels(data)
+        for (method, backbone), label in labels.items():
+            model = data[(data["method"] == method) & (data["backbone"] == backbone)]
+            stem = method if label == method else f"{method}_{backbone}"
+            tables.append(
+                NamedTable(f"paper_{stem}{suffix}", paper_table(model, published=published), True)
+            )
+        for metric in [m for m in METRIC_IDS if m in set(data["metric"])]:
+            table = metric_table(data, metric, published)
+            shown = len(labels) > 1 and metric in PAPER_METRICS
+            tables.append(NamedTable(f"table_{metric}{suffix}", table, shown))
+        costs = cost_table(data)
+        if costs is not None:
+            tables.append(NamedTable(f"table_cost{suffix}", costs, True))
+    return tables
 
 
 def print_run_table(results_dir: Path, cells: list[Cell], console: Console) -> None:
-    """The per-class table of the cells of one run (those that finished)."""
-    rows = []
-    for cell in cells:
-        record = read_record(cell.directory(results_dir) / METRICS_FILE)
-        if record is None:
-            continue
-        for metric, value in record["metrics"].items():
-            rows.append({"category": cell.category, "metric": metric, "value": value})
-    if not rows:
+    """The paper-layout table of the cells of one run (those that finished)."""
+    records = [read_record(cell.directory(results_dir) / METRICS_FILE) for cell in cells]
+    frame = records_frame(r for r in records if r is not None)
+    if frame.empty:
         return
-    first = cells[0]
-    title = f"{first.method} ({first.backbone}) on {first.dataset}, percent"
-    print_table(per_class_table(pd.DataFrame(rows)), title, console)
+    published = load_published()
+    for _, model in frame.groupby(["dataset", "method", "backbone"], sort=False):
+        console.print(to_rich(paper_table(model, published=published)))
+
+
+def status_frame(done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> pd.DataFrame:
+    """Cells done, failed and missing; missing = a model's class x seed grid minus the others.
+
+    The grid of a model holds every class seen in its dataset and every seed seen for the model.
+    """
+    rows: dict[tuple, tuple[str, str]] = {}
+    for record in failed:
+        rows[tuple(record[k] for k in RECORD_COLUMNS)] = ("failed", record.get("error", ""))
+    for record in done:
+        rows[tuple(record[k] for k in RECORD_COLUMNS)] = ("done", "")
+    classes: dict[str, set[str]] = {}
+    seeds: dict[tuple[str, str, str], set[int]] = {}
+    for dataset, method, backbone, category, seed in rows:
+        classes.setdefault(dataset, set()).add(category)
+        seeds.setdefault((dataset, method, backbone), set()).add(seed)
+    for (dataset, method, backbone), model_seeds in seeds.items():
+        for category in classes[dataset]:
+            for seed in model_seeds:
+                rows.setdefault((dataset, method, backbone, category, seed), ("missing", ""))
+    status = pd.DataFrame(
+        [(*key, state, error) for key, (state, error) in rows.items()],
+        columns=[*RECORD_COLUMNS, "status", "error"],
+    )
+    return sort_frame(status)
+
+
+def print_status(results_dir: Path, console: Console) -> None:
+    status = status_frame(iter_records(results_dir), iter_records(results_dir, ERROR_FILE))
+    if status.empty:
+        console.print(f"no cells under {results_dir}")
+        return
+    table = Table(title=f"Cells under {results_dir}")
+    for name in ("dataset", "method", "backbone", "done", "failed", "missing"):
+        table.add_column(name, justify="right" if name in ("done", "failed", "missing") else "left")
+    counts = status.groupby([*RECORD_COLUMNS[:3], "status"]).size().unstack(fill_value=0)
+    for key, row in counts.iterrows():
+        table.add_row(*key, *(str(row.get(s, 0)) for s in ("done", "failed", "missing")))
+    console.print(table)
+    for _, cell in status[status["status"] != "done"].iterrows():
+        label = f"{cell['dataset']}/{cell['method']}/{cell['backbone']}/{cell['category']}"
+        message = f": {cell['error']}" if cell["error"] else ""
+        console.print(f"{cell['status']}: {label}/seed{cell['seed']}{message}", markup=False)
 
 
 def report_command(ns: argparse.Namespace) -> int:
+    """`anobench report`: print the tables, write CSV / Markdown / LaTeX (and figures)."""
     results_dir = Path(ns.results_dir)
-    frame = load_results(results_dir)
+    if not results_dir.is_dir():
+        raise AnobenchError(
+            f"results folder {results_dir} does not exist; run `anobench run` first "
+            "or pass the results_dir it wrote to."
+        )
     out_dir = Path(ns.out) if ns.out else results_dir
     console = Console()
-    for (dataset, method, backbone), group in frame.groupby(["dataset", "method", "backbone"]):
-        table = per_class_table(group)
-        print_table(table, f"{method} ({backbone}) on {dataset}, percent", console)
-    write_bytes_atomic(out_dir / "results.csv", frame.to_csv(index=False).encode())
-    console.print(f"wrote {out_dir / 'results.csv'}")
+    if ns.status:
+        print_status(results_dir, console)
+    records = iter_records(results_dir)
+    frame = records_frame(records)
+    if frame.empty:
+        if ns.status:
+            return 0
+        raise AnobenchError(
+            f"no finished cells ({METRICS_FILE}) under {results_dir}; "
+            "run `anobench run` first (`anobench report --status` lists failed cells)."
+        )
+    published = load_published()
+    for dataset in sorted(set(frame["dataset"]) - {PUBLISHED_DATASET}):
+        console.print(f"dataset {dataset}: no published numbers (they exist for MVTec AD only)")
+    written = [out_dir / "results.csv"]
+    write_bytes_atomic(written[0], frame.to_csv(index=False).encode())
+    for named in build_tables(frame, published):
+        if named.terminal:
+            console.print(to_rich(named.table))
+        for suffix, text in (
+            (".md", to_markdown(named.table)),
+            (".tex", to_latex(named.table, named.name)),
+        ):
+            path = out_dir / f"{named.name}{suffix}"
+            write_bytes_atomic(path, text.encode())
+            written.append(path)
+    console.print(f"wrote {len(written)} files (results.csv, *.md, *.tex) to {out_dir}")
+    if ns.figures:
+        from anobench.figures import write_figures
+
+        figures = write_figures(results_dir, records, frame, out_dir / "figures", console)
+        console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}")
     return 0
 
 
+# --- compare -------------------------------------------------------------------------------------
+
+
+def read_results_csv(path: Path) -> pd.DataFrame:
+    """A results.csv written by `anobench report`, checked for its key columns and duplicates."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError as err:
+        raise AnobenchError(
+            f"{path} does not exist; pass a results.csv of anobench report."
+        ) from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise AnobenchError(f"{path} is not a readable CSV ({err}); pass a results.csv.") from err
+    missing = [c for c in (*KEY_COLUMNS, "value") if c not in frame.columns]
+    if missing:
+        raise AnobenchError(
+            f"{path} lacks the column(s) {', '.join(missing)}; pass a results.csv written by "
+            "`anobench report`."
+        )
+    frame = frame.astype({c: str for c in KEY_COLUMNS if c != "seed"}).astype({"seed": int})
+    duplicated = frame.duplicated(subset=list(KEY_COLUMNS))
+    if duplicated.any():
+        first = frame[duplicated].iloc[0]
+        raise AnobenchError(
+            f"{path} holds cell {'/'.join(str(first[c]) for c in KEY_COLUMNS)} twice; "
+            "write it again with `anobench report`."
+        )
+    return frame
+
+
+def compare_frames(
+    baseline: pd.DataFrame, candidate: pd.DataFrame, tolerance: float
+) -> pd.DataFrame:
+    """Per cell: baseline and candidate in percent, delta in points and a status.
+
+    status: regressed (drop > tolerance), missing (in the baseline only, or no value any more),
+    improved (gain > tolerance), same (within the tolerance) or new (in the candidate only).
+    """
+    keys = list(KEY_COLUMNS)
+    merged = baseline[[*keys, "value"]].merge(
+        candidate[[*keys, "value"]], on=keys, how="outer", suffixes=("_b", "_c"), indicator=True
+    )
+    merged["baseline"] = merged.pop("value_b") * 100
+    merged["candidate"] = merged.pop("value_c") * 100
+    merged["delta"] = merged["candidate"] - merged["baseline"]
+    side = merged.pop("_merge")
+    has_b, has_c = merged["baseline"].notna(), merged["candidate"].notna()
+    status = pd.Series("same", index=merged.index)
+    status[merged["delta"] < -tolerance - _EPS] = "regressed"
+    status[merged["delta"] > tolerance + _EPS] = "improved"
+    status[(side == "both") & has_b & ~has_c] = "missing"
+    status[(side == "both") & ~has_b & has_c] = "new"
+    status[side == "left_only"] = "missing"
+    status[side == "right_only"] = "new"
+    merged["status"] = status
+    return sort_frame(merged)
+
+
+def compare_summary(diff: pd.DataFrame, tolerance: float) -> tuple[str, bool]:
+    """The one-line verdict for a CI log, and whether it passed."""
+    counts = diff["status"].value_counts()
+    n = {s: int(counts.get(s, 0)) for s in ("regressed", "missing", "improved", "same", "new")}
+    ok = n["regressed"] == 0 and n["missing"] == 0
+    compared = len(diff) - n["new"]
+    line = (
+        f"compare: {compared} cells, {n['regressed']} regressed, {n['missing']} missing, "
+        f"{n['improved']} improved, {n['new']} new (tolerance {tolerance:g} points) -> "
+        + ("OK" if ok else "FAIL")
+    )
+    return line, ok
+
+
+def _diff_table(diff: pd.DataFrame) -> Table:
+    table = Table(title="Changed cells (percent; Δ = candidate − baseline, points)")
+    for name in ("method", "backbone", "category", "seed", "metric"):
+        table.add_column(name)
+    for name in ("baseline", "candidate", "Δ", "status"):
+        table.add_column(name, justify="right")
+    styles = {"regressed": "bold red", "missing": "bold red", "improved": "green", "new": "cyan"}
+    for _, row in diff.iterrows():
+        values = [_fmt_number(_nan_to_none(row[c])) for c in ("baseline", "candidate")]
+        delta = MISSING if math.isnan(row["delta"]) else f"{row['delta']:+.2f}"
+        table.add_row(
+            *(str(row[c]) for c in ("method", "backbone", "category", "seed", "metric")),
+            *values,
+            delta,
+            Text(row["status"], style=styles.get(row["status"], "")),
+        )
+    return table
+
+
 def compare_command(ns: argparse.Namespace) -> int:
-    raise NotImplementedError
+    """`anobench compare`: 1 when a baseline cell dropped by more than the tolerance or is gone."""
+    if ns.tolerance < 0:
+        raise AnobenchError(f"--tolerance {ns.tolerance} is negative; give points >= 0, e.g. 0.5.")
+    baseline = read_results_csv(Path(ns.baseline))
+    candidate = read_results_csv(Path(ns.candidate))
+    if ns.metric:
+        known = set(METRIC_IDS) | set(baseline["metric"])
+        unknown = [m for m in ns.metric if m not in known]
+        if unknown:
+            raise AnobenchError(
+                f"--metric {unknown[0]} is not valid; use one of: {', '.join(METRIC_IDS)}."
+            )
+        baseline = baseline[baseline["metric"].isin(ns.metric)]
+        candidate = candidate[candidate["metric"].isin(ns.metric)]
+    diff = compare_frames(baseline, candidate, ns.tolerance)
+    console = Console()
+    shown = diff[(diff["status"] != "same") | (diff["delta"].abs() >= 0.005)]
+    if not shown.empty:
+        console.print(_diff_table(shown))
+    if len(shown) < len(diff):
+        console.print(f"{len(diff) - len(shown)} cells unchanged (|Δ| < 0.01 points), not shown")
+    line, ok = compare_summary(diff, ns.tolerance)
+    console.print(line, markup=False, highlight=False)
+    return 0 if ok else 1
