@@ -1,0 +1,19 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anobench.data.synthetic import SyntheticSpec, generate
+
+TINY_SYNTHETIC = SyntheticSpec(
+    image_size=32, n_train=8, n_test_good=4, n_test_defect=6, categories=("weave", "washer")
+)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic MVTec tree (one texture, one greyscale object), written once per run."""
+    return generate(tmp_path_factory.mktemp("synthetic"), TINY_SYNTHETIC)
