@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +81,8 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         self._outputs = {}
-        try:
+        with contextlib.suppress(_StopForward):
             self.model(images)
-        except _StopForward:
-            pass
         outputs = [self._to_grid(self._outputs[name]) for name in self.layers]
         self._outputs = {}
         return outputs
@@ -119,7 +118,9 @@ def create_model(cfg: BackboneConfig, image_size: int | None = None) -> nn.Modul
     if cfg.weights:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
-            raise AnobenchError(f"backbone.weights={cfg.weights} does not exist; give a checkpoint file.")
+            raise AnobenchError(
+                f"backbone.weights={cfg.weights} does not exist; give a checkpoint file."
+            )
         try:
             model = timm.create_model(
                 cfg.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
@@ -135,7 +136,8 @@ def create_model(cfg: BackboneConfig, image_size: int | None = None) -> nn.Modul
             if not cfg.pretrained:
                 raise
             raise AnobenchError(
-                f"pretrained weights for {cfg.name} could not be loaded ({str(err).splitlines()[0]}); "
+                f"pretrained weights for {cfg.name} could not be loaded "
+                f"({str(err).splitlines()[0]}); "
                 "download them once with internet (they are cached by huggingface_hub), or set "
                 "backbone.weights=PATH to a local checkpoint, or backbone.pretrained=false "
                 "for random weights."
@@ -150,6 +152,19 @@ def create_model(cfg: BackboneConfig, image_size: int | None = None) -> nn.Modul
             if isinstance(module, nn.Conv2d) and module.padding != (0, 0):
                 module.padding_mode = cfg.padding_mode
     return model
+
+
+def validate_backbone(cfg: BackboneConfig, image_size: int | None = None) -> None:
+    """Check the model name, layer names and weights path without loading weights (meta device)."""
+    if cfg.weights and not Path(cfg.weights).expanduser().is_file():
+        raise AnobenchError(
+            f"backbone.weights={cfg.weights} does not exist; give a checkpoint file."
+        )
+    with torch.device("meta"):
+        model = create_model(
+            BackboneConfig(**{**vars(cfg), "pretrained": False, "weights": None}), image_size
+        )
+    FeatureExtractor(model, cfg.layers)
 
 
 def create_backbone(

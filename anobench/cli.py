@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anobench",
         description="Benchmark unsupervised visual anomaly detection on MVTec AD.",
-        epilog="`anobench run --help` shows the Hydra options; `anobench run --cfg job` the config.",
+        epilog="`anobench run --help`: Hydra options; `anobench run --cfg job`: the config.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,7 +172,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="aggregate results into paper-style tables")
     report.add_argument("results_dir", nargs="?", default="results")
-    report.add_argument("--out", default=None, help="folder for CSV/Markdown/LaTeX (default: results_dir)")
+    report.add_argument(
+        "--out", default=None, help="folder for CSV/Markdown/LaTeX (default: results_dir)"
+    )
     report.add_argument("--figures", action="store_true", help="also write PNG figures")
     report.add_argument("--status", action="store_true", help="list done/failed/missing cells")
     report.set_defaults(handler=_report)
@@ -197,7 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=_synth)
 
-    export = sub.add_parser("export-maps", help="write anomaly maps as TIFF for the MVTec evaluator")
+    export = sub.add_parser(
+        "export-maps", help="write anomaly maps as TIFF for the MVTec evaluator"
+    )
     export.add_argument("results_dir", help="a results folder (or one cell folder)")
     export.add_argument("--out", required=True)
     export.set_defaults(handler=_export_maps)
@@ -205,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `anobench` console script; returns (and, as a script, exits with) a code."""
+    """Entry point of the `anobench` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -219,4 +223,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except AnobenchError as err:
         return _fail(err, debug="--debug" in argv)
-

@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from anobench.backbones import BackboneConfig
 from anobench.data.mvtec import MVTEC_CATEGORIES
-from anobench.errors import AnobenchError
+from anobench.errors import AnobenchError, require_positive
 from anobench.methods import method_entry
 from anobench.methods.base import _REGISTRY
 
@@ -48,6 +48,11 @@ class HardwareConfig:
     num_workers: int = 0  # DataLoader workers for decoding at load time
     eval_batch_size: int = 16  # test-time batch size (does not change results)
     gpu_from_job: bool = False  # multi_gpu: pick cuda:(job index % GPU count)
+
+    def __post_init__(self) -> None:
+        require_positive("hardware", eval_batch_size=self.eval_batch_size)
+        if self.num_workers < 0:
+            raise AnobenchError(f"hardware.num_workers={self.num_workers} must be 0 or more.")
 
 
 @dataclass
@@ -119,9 +124,17 @@ def resolve_categories(category: Any, available: list[str]) -> list[str]:
     return names
 
 
+def validate_run_values(cfg: DictConfig) -> None:
+    """Top-level values that no schema type can check."""
+    require_positive("", checkpoint_every=cfg.checkpoint_every)
+    if not 0 < cfg.pro_fpr_limit <= 1:
+        raise AnobenchError(f"pro_fpr_limit={cfg.pro_fpr_limit} must be in (0, 1].")
+    if cfg.latency_repeats < 0:
+        raise AnobenchError(f"latency_repeats={cfg.latency_repeats} must be 0 or more.")
+
+
 def resolve_seeds(seed: Any) -> list[int]:
     seeds = [seed] if isinstance(seed, int) else list(seed)
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise AnobenchError(f"seed={seed!r} must be an integer or a list of integers.")
     return seeds
-

@@ -11,4 +11,5 @@ def require_positive(owner: str, **values: float | None) -> None:
     """Raise AnobenchError for the first value that is not > 0 (config validation)."""
     for key, value in values.items():
         if value is None or value <= 0:
-            raise AnobenchError(f"{owner}.{key}={value} must be positive.")
+            name = f"{owner}.{key}" if owner else key
+            raise AnobenchError(f"{name}={value} must be positive.")

@@ -25,7 +25,9 @@ from anobench.hardware import Hardware
 HOST_BUDGET_BYTES = 16 * 2**30
 
 
-def cache_key(backbone: BackboneConfig, image_size: int, paths: Sequence[str], extra: str = "") -> str:
+def cache_key(
+    backbone: BackboneConfig, image_size: int, paths: Sequence[str], extra: str = ""
+) -> str:
     """A hash of everything that determines the features: model, weights, layers, size, images."""
     weights = backbone.weights
     if weights and Path(weights).expanduser().is_file():
@@ -87,7 +89,9 @@ def extract_features(
         with hardware.autocast():
             features = fn(images)
         if store is None:
-            item_bytes = features[0].numel() * torch.empty((), dtype=hardware.cache_dtype).element_size()
+            item_bytes = (
+                features[0].numel() * torch.empty((), dtype=hardware.cache_dtype).element_size()
+            )
             tier = choose_tier(item_bytes * count, hardware, host_budget_bytes)
             if tier == "disk" and (cache_dir is None or key is None):
                 tier = "host"
@@ -112,8 +116,9 @@ def _disk_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.npy", cache_dir / f"{key}.complete"
 
 
-def _allocate(tier: str, shape: tuple[int, ...], hardware: Hardware, cache_dir: Path | None,
-              key: str | None) -> Tensor | np.memmap:
+def _allocate(
+    tier: str, shape: tuple[int, ...], hardware: Hardware, cache_dir: Path | None, key: str | None
+) -> Tensor | np.memmap:
     if tier == "gpu":
         return torch.empty(shape, dtype=hardware.cache_dtype, device=hardware.device)
     if tier == "host":
@@ -121,7 +126,10 @@ def _allocate(tier: str, shape: tuple[int, ...], hardware: Hardware, cache_dir: 
     data_path, _ = _disk_paths(cache_dir, key)  # type: ignore[arg-type]
     data_path.parent.mkdir(parents=True, exist_ok=True)
     return np.lib.format.open_memmap(
-        data_path.with_suffix(f".{os.getpid()}.partial.npy"), mode="w+", dtype=np.float16, shape=shape
+        data_path.with_suffix(f".{os.getpid()}.partial.npy"),
+        mode="w+",
+        dtype=np.float16,
+        shape=shape,
     )
 
 

@@ -51,7 +51,9 @@ class Hardware:
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler, active only for fp16 on CUDA."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16" and self.is_cuda)
+        return torch.amp.GradScaler(
+            self.device.type, enabled=self.precision == "fp16" and self.is_cuda
+        )
 
     def prepare(self, module: nn.Module) -> nn.Module:
         """Move a module to the device (and memory format); compile its forward when asked."""

@@ -1,4 +1,4 @@
-"""`anobench run dry_run=true`: the cells, their epochs, and a time estimate from measured epochs."""
+"""`anobench run dry_run=true`: the cells, their epochs, and a time from measured epochs."""
 
 from __future__ import annotations
 
@@ -70,8 +70,14 @@ def print_plan(plan: RunPlan, console: Console) -> None:
         done = is_done(cell, plan.results_dir)
         todo += not done
         state = "done" if done else ("checkpoint" if _has_checkpoint(plan, cell) else "todo")
-        table.add_row(cell.method, cell.backbone, cell.category, str(cell.seed),
-                      str(epochs if epochs is not None else "-"), state)
+        table.add_row(
+            cell.method,
+            cell.backbone,
+            cell.category,
+            str(cell.seed),
+            str(epochs if epochs is not None else "-"),
+            state,
+        )
     console.print(table)
     timing = measure_epochs(plan) if todo else None
     if timing is None:

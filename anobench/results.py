@@ -36,7 +36,11 @@ class Cell:
 
     def directory(self, results_dir: Path) -> Path:
         return (
-            results_dir / self.dataset / self.method / self.backbone / self.category
+            results_dir
+            / self.dataset
+            / self.method
+            / self.backbone
+            / self.category
             / f"seed{self.seed}"
         )
 
@@ -116,7 +120,10 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -142,7 +149,9 @@ def iter_records(results_dir: Path, filename: str = METRICS_FILE) -> list[dict[s
 def load_results(results_dir: Path) -> pd.DataFrame:
     """Every finished cell under results_dir as a tidy frame: one row per cell and metric."""
     if not results_dir.is_dir():
-        raise AnobenchError(f"results folder {results_dir} does not exist; run `anobench run` first.")
+        raise AnobenchError(
+            f"results folder {results_dir} does not exist; run `anobench run` first."
+        )
     rows = []
     for record in iter_records(results_dir):
         base = {key: record[key] for key in RECORD_COLUMNS}

@@ -10,13 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from anobench.backbones import BackboneConfig
-from anobench.cost import count_parameters, measure_inference
+from anobench.backbones import BackboneConfig, validate_backbone
 from anobench.config import (
     DatasetConfig,
     HardwareConfig,
@@ -26,12 +24,14 @@ from anobench.config import (
     method_config,
     resolve_categories,
     resolve_seeds,
+    validate_run_values,
 )
+from anobench.cost import count_parameters, measure_inference
 from anobench.data.mvtec import AnomalyDataset, index_split
 from anobench.data.synthetic import SyntheticSpec, ensure_synthetic
 from anobench.errors import AnobenchError
 from anobench.hardware import Hardware, create_hardware, seed_everything
-from anobench.methods import Method, MethodContext, create_method
+from anobench.methods import MethodContext, create_method
 from anobench.metrics import compute_metrics
 from anobench.results import (
     CHECKPOINT_FILE,
@@ -105,6 +105,7 @@ def dataset_root(ds: DatasetConfig, cache_dir: Path) -> Path:
 
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Validate the whole config and the data index of every class, before any training."""
+    validate_run_values(cfg)
     method_cfg = method_config(cfg)
     backbone_cfg = backbone_config(cfg)
     hardware_cfg = hardware_config(cfg)
@@ -116,6 +117,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         hardware_cfg.channels_last,
         hardware_cfg.deterministic,
     )
+    validate_backbone(backbone_cfg, method_cfg.image_size)
     results_dir = Path(cfg.results_dir).expanduser()
     cache_dir = Path(cfg.cache_dir).expanduser()
     root = dataset_root(ds_cfg, cache_dir)
@@ -147,9 +149,17 @@ def is_done(cell: Cell, results_dir: Path) -> bool:
     return (cell.directory(results_dir) / METRICS_FILE).is_file()
 
 
-def run_cells(plan: RunPlan, *, overwrite: bool, save_maps: bool, checkpoint_every: int,
-              pro_fpr_limit: float, progress: bool, cache_dir: Path,
-              latency_repeats: int = 20) -> RunSummary:
+def run_cells(
+    plan: RunPlan,
+    *,
+    overwrite: bool,
+    save_maps: bool,
+    checkpoint_every: int,
+    pro_fpr_limit: float,
+    progress: bool,
+    cache_dir: Path,
+    latency_repeats: int = 20,
+) -> RunSummary:
     """Run every cell; a failing cell is recorded and the others go on."""
     summary = RunSummary(done=[], skipped=[], failed={})
     for index, cell in enumerate(plan.cells, start=1):
@@ -160,8 +170,13 @@ def run_cells(plan: RunPlan, *, overwrite: bool, save_maps: bool, checkpoint_eve
         log.info("[%d/%d] %s: running", index, len(plan.cells), cell.label())
         try:
             record = run_cell(
-                cell, plan, save_maps=save_maps, checkpoint_every=checkpoint_every,
-                pro_fpr_limit=pro_fpr_limit, progress=progress, cache_dir=cache_dir,
+                cell,
+                plan,
+                save_maps=save_maps,
+                checkpoint_every=checkpoint_every,
+                pro_fpr_limit=pro_fpr_limit,
+                progress=progress,
+                cache_dir=cache_dir,
                 latency_repeats=latency_repeats,
             )
         except Exception as err:  # any fault stops this cell only; it is recorded
@@ -173,7 +188,9 @@ def run_cells(plan: RunPlan, *, overwrite: bool, save_maps: bool, checkpoint_eve
             plan.hardware.empty_cache()
             continue
         summary.done.append(cell)
-        shown = {k: v for k, v in record["metrics"].items() if k in ("image_auroc", "pixel_auroc", "pro")}
+        shown = {
+            k: v for k, v in record["metrics"].items() if k in ("image_auroc", "pixel_auroc", "pro")
+        }
         log.info("%s: %s", cell.label(), ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
     return summary
 
@@ -222,9 +239,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_cell(cell: Cell, plan: RunPlan, *, save_maps: bool, checkpoint_every: int,
-             pro_fpr_limit: float, progress: bool, cache_dir: Path,
-             latency_repeats: int = 20) -> dict[str, Any]:
+def run_cell(
+    cell: Cell,
+    plan: RunPlan,
+    *,
+    save_maps: bool,
+    checkpoint_every: int,
+    pro_fpr_limit: float,
+    progress: bool,
+    cache_dir: Path,
+    latency_repeats: int = 20,
+) -> dict[str, Any]:
     """Train and evaluate one cell; write its maps, then its record (the record marks it done)."""
     started = _now()
     cell_dir = cell.directory(plan.results_dir)
@@ -282,8 +307,13 @@ def run_cell(cell: Cell, plan: RunPlan, *, save_maps: bool, checkpoint_every: in
         image_names=paths,
     )
     trainable, total = count_parameters(method)
-    inference = measure_inference(method, test_set[0]["image"].unsqueeze(0), hardware,
-                                  repeats=latency_repeats) if latency_repeats > 0 else {}
+    inference = (
+        measure_inference(
+            method, test_set[0]["image"].unsqueeze(0), hardware, repeats=latency_repeats
+        )
+        if latency_repeats > 0
+        else {}
+    )
     record = {
         "schema": SCHEMA_VERSION,
         "status": "done",
@@ -316,4 +346,3 @@ def run_cell(cell: Cell, plan: RunPlan, *, save_maps: bool, checkpoint_every: in
     (cell_dir / ERROR_FILE).unlink(missing_ok=True)
     (cell_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     return record
-

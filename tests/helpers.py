@@ -29,8 +29,13 @@ def tiny_run_args(tmp_path: Path, *extra: str, method: str = "knn") -> list[str]
     ]
 
 
-def cell_dir(tmp_path: Path, category: str, method: str = "knn", seed: int = 0,
-             backbone: str = "resnet18.tv_in1k") -> Path:
+def cell_dir(
+    tmp_path: Path,
+    category: str,
+    method: str = "knn",
+    seed: int = 0,
+    backbone: str = "resnet18.tv_in1k",
+) -> Path:
     return tmp_path / "results" / "synthetic" / method / backbone / category / f"seed{seed}"
 
 

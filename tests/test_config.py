@@ -51,8 +51,13 @@ def test_method_config_is_the_registered_dataclass() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["method.pool=abc", "method.lrr=1", "hardware.eval_batch_size=x", "nosuchkey=1",
-     "method=nosuchmethod"],
+    [
+        "method.pool=abc",
+        "method.lrr=1",
+        "hardware.eval_batch_size=x",
+        "nosuchkey=1",
+        "method=nosuchmethod",
+    ],
 )
 def test_bad_overrides_exit_2_before_work(override: str, tmp_path, capsys) -> None:
     code = main(["run", override, f"results_dir={tmp_path}", "--cfg", "job"])
@@ -62,10 +67,19 @@ def test_bad_overrides_exit_2_before_work(override: str, tmp_path, capsys) -> No
 
 
 def test_invalid_value_is_a_one_line_error(tmp_path, capsys) -> None:
-    code = main(["run", "experiment=demo", "method.image_size=0", f"results_dir={tmp_path}",
-                 f"cache_dir={tmp_path / 'cache'}", "dataset.synthetic.image_size=32",
-                 "dataset.synthetic.n_train=2", "dataset.synthetic.n_test_good=1",
-                 "dataset.synthetic.n_test_defect=1"])
+    code = main(
+        [
+            "run",
+            "experiment=demo",
+            "method.image_size=0",
+            f"results_dir={tmp_path}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "dataset.synthetic.image_size=32",
+            "dataset.synthetic.n_train=2",
+            "dataset.synthetic.n_test_good=1",
+            "dataset.synthetic.n_test_defect=1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "method.image_size=0 must be positive" in err

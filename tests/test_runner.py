@@ -54,9 +54,10 @@ def test_rerun_skips_finished_cells_and_overwrite_reruns(tmp_path: Path) -> None
 def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
     assert main(tiny_run_args(tmp_path / "a", "category=marble")) == 0
     assert main(tiny_run_args(tmp_path / "b", "category=marble")) == 0
-    assert read_metrics(tmp_path / "a", "marble")["metrics"] == read_metrics(
-        tmp_path / "b", "marble"
-    )["metrics"]
+    assert (
+        read_metrics(tmp_path / "a", "marble")["metrics"]
+        == read_metrics(tmp_path / "b", "marble")["metrics"]
+    )
 
 
 def test_failing_cell_is_recorded_and_others_go_on(tmp_path: Path) -> None:
@@ -77,8 +78,12 @@ def test_killed_run_leaves_no_half_written_result(tmp_path: Path) -> None:
     args = tiny_run_args(tmp_path, "category=[weave,marble,washer,chip]")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     code = "import sys; from anobench.cli import main; sys.exit(main(sys.argv[1:]))"
-    process = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     first = cell_dir(tmp_path, "weave") / "metrics.json"
     while not first.exists() and time.time() < deadline:

@@ -42,7 +42,7 @@ class Method(Protocol):
     """A method: fit on normal images, then score test images."""
 
     def fit(self, train: DataLoader) -> None:
-        """Train (or fit statistics) on a loader of train/good batches (`batch["image"]` in [0,1])."""
+        """Train (or fit statistics) on train/good batches (`batch["image"]` in [0,1])."""
 
     def predict(self, images: Tensor) -> Scores:
         """Score a batch [B, 3, H, W] in [0,1] on the method's device."""

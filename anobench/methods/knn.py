@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader
 from anobench.backbones import create_backbone
 from anobench.errors import require_positive
 from anobench.methods.base import MethodContext, Scores, register
-from anobench.methods.ops import chunked_min_distance, gaussian_blur, imagenet_normalize, resize_maps
+from anobench.methods.ops import (
+    chunked_min_distance,
+    gaussian_blur,
+    imagenet_normalize,
+    resize_maps,
+)
 
 
 @dataclass
@@ -30,7 +35,9 @@ class KNNConfig:
     blur_sigma: float = 4.0  # PatchCore's smoothing of the upsampled map
 
     def __post_init__(self) -> None:
-        require_positive("method", image_size=self.image_size, pool=self.pool, bank_size=self.bank_size)
+        require_positive(
+            "method", image_size=self.image_size, pool=self.pool, bank_size=self.bank_size
+        )
 
 
 @register("knn", KNNConfig)
@@ -53,7 +60,9 @@ class KNN:
             F.avg_pool2d(m.float(), self.cfg.pool, stride=1, padding=self.cfg.pool // 2)
             for m in maps
         ]
-        resized = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in pooled]
+        resized = [
+            F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in pooled
+        ]
         return torch.cat(resized, dim=1)  # [B, C, h, w]
 
     def fit(self, train: DataLoader) -> None:

@@ -23,7 +23,9 @@ def imagenet_normalize(images: Tensor) -> Tensor:
     return normalize(images, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def gaussian_kernel1d(sigma: float, kernel_size: int | None = None, truncate: float = 4.0) -> Tensor:
+def gaussian_kernel1d(
+    sigma: float, kernel_size: int | None = None, truncate: float = 4.0
+) -> Tensor:
     """A normalised 1-D Gaussian; size 2*round(truncate*sigma)+1 unless given (scipy's rule)."""
     if kernel_size is None:
         kernel_size = 2 * int(truncate * sigma + 0.5) + 1
@@ -53,7 +55,9 @@ def gaussian_blur(
     return out.squeeze(1)
 
 
-def resize_maps(maps: Tensor, size: int, mode: str = "bilinear", align_corners: bool | None = False) -> Tensor:
+def resize_maps(
+    maps: Tensor, size: int, mode: str = "bilinear", align_corners: bool | None = False
+) -> Tensor:
     """Resize maps [B, h, w] to [B, size, size]."""
     if maps.shape[-2:] == (size, size):
         return maps
