@@ -803,5 +803,5 @@ def compare_command(ns: argparse.Namespace) -> int:
     if len(shown) < len(diff):
         console.print(f"{len(diff) - len(shown)} cells unchanged (|Δ| < 0.01 points), not shown")
     line, ok = compare_summary(diff, ns.tolerance)
-    console.print(line, markup=False, highlight=False)
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0 if ok else 1
