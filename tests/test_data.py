@@ -302,6 +302,22 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path: Path) -> None:
     assert names == ["000.png", "001.png", "002.PNG"]
 
 
+def test_masks_match_by_stem_and_hidden_folders_are_skipped(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    gt = folder / "ground_truth" / "crack"
+    (gt / "000_mask.png").rename(gt / "000_mask.TIF")
+    _png(folder / "test" / "crack" / "001.png", _rgb(5))
+    _png(gt / "001_mask.png", _mask())
+    _png(gt / "001_mask.bmp", _mask())
+    _png(folder / "test" / ".ipynb_checkpoints" / "000.png", _rgb(6))
+    samples = index_split(tmp_path, "wood", "test")
+    assert [(s.defect, s.mask_path) for s in samples] == [
+        ("crack", gt / "000_mask.TIF"),
+        ("crack", gt / "001_mask.png"),
+        ("good", None),
+    ]
+
+
 def test_sample_is_frozen() -> None:
     sample = Sample(Path("a.png"), None, 0, "good", "train/good/a.png")
     with pytest.raises(AttributeError):

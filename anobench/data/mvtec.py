@@ -122,15 +122,15 @@ def _check_category(root: Path, category: str) -> Path:
     )
 
 
-def _find_mask(gt_folder: Path, stem: str) -> Path | None:
-    expected = f"{stem}_mask"
+def _masks_by_stem(gt_folder: Path) -> dict[str, Path]:
+    """Map image stem to mask file for one ground_truth/<defect> folder; .png wins a tie."""
     if not gt_folder.is_dir():
-        return None
-    found = sorted(
-        (p for p in gt_folder.iterdir() if p.stem == expected and _is_image(p)),
-        key=lambda p: (p.suffix != ".png", p.name),
-    )
-    return found[0] if found else None
+        return {}
+    masks: dict[str, Path] = {}
+    candidates = (p for p in gt_folder.iterdir() if _is_image(p) and p.stem.endswith("_mask"))
+    for path in sorted(candidates, key=lambda p: (p.suffix != ".png", p.name)):
+        masks.setdefault(path.stem.removesuffix("_mask"), path)
+    return masks
 
 
 def index_split(root: Path, category: str, split: str) -> list[Sample]:
@@ -155,15 +155,17 @@ def index_split(root: Path, category: str, split: str) -> list[Sample]:
             f"test folder {test} does not exist; it must hold good/ and one folder per defect type"
         )
     samples = []
-    for defect_dir in sorted((p for p in test.iterdir() if p.is_dir()), key=lambda p: p.name):
+    defect_dirs = (p for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for defect_dir in sorted(defect_dirs, key=lambda p: p.name):
         defect = defect_dir.name
+        gt_folder = folder / "ground_truth" / defect
+        masks = _masks_by_stem(gt_folder) if defect != GOOD else {}
         for path in _images_in(defect_dir):
             relative = path.relative_to(folder).as_posix()
             if defect == GOOD:
                 samples.append(Sample(path, None, 0, GOOD, relative))
                 continue
-            gt_folder = folder / "ground_truth" / defect
-            mask = _find_mask(gt_folder, path.stem)
+            mask = masks.get(path.stem)
             if mask is None:
                 raise AnobenchError(
                     f"mask {gt_folder / (path.stem + '_mask.png')} for defect image {path} "
@@ -269,8 +271,8 @@ class AnomalyDataset(torch.utils.data.Dataset):
             self.masks[i] = torch.from_numpy(np.asarray(binary) > 127)
         if first_soft_mask is not None:
             warnings.warn(
-                f"mask {first_soft_mask} and {n_soft - 1} other(s) have values other than 0 and "
-                "255; thresholded at 128",
+                f"{n_soft} mask(s) have values other than 0 and 255, the first is "
+                f"{first_soft_mask}; they were thresholded (values >= 128 count as defect)",
                 UserWarning,
                 stacklevel=2,
             )

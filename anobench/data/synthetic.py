@@ -68,6 +68,8 @@ def _check_spec(spec: SyntheticSpec) -> None:
         raise AnobenchError(
             f"synthetic image_size {spec.image_size} is too small; use {MIN_IMAGE_SIZE} or more"
         )
+    if spec.seed < 0:
+        raise AnobenchError(f"synthetic seed {spec.seed} is not valid; use a seed >= 0")
     for name in ("n_train", "n_test_good", "n_test_defect"):
         if getattr(spec, name) < 1:
             raise AnobenchError(f"synthetic {name}={getattr(spec, name)} is not valid; use >= 1")
@@ -206,6 +208,7 @@ def _site(rng: np.random.Generator, layers: _Layers) -> np.ndarray:
 
 
 def _scratch(rng: np.random.Generator, size: int, centre: np.ndarray) -> np.ndarray:
+    """Pixels of a thin, slightly bent line near centre."""
     y, x = _grid(size)
     length, angle = rng.uniform(0.2, 0.35), rng.uniform(0, np.pi)
     direction = np.array([np.sin(angle), np.cos(angle)])
@@ -241,6 +244,8 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator, gray: bo
     on_object = layers.alpha > 0.5
     if kind == "scratch":
         region = _scratch(rng, size, centre) & on_object
+        if not region.any():
+            return base
         # Scratches show against the surface: bright on dark parts, dark on bright ones.
         target = 0.08 if base[region].mean() > 0.5 else 0.92
         return np.where(region[..., None], base + rng.uniform(0.4, 0.7) * (target - base), base)
