@@ -97,7 +97,9 @@ def _lighting(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> np.ndar
     return (gain + gx * (x - 0.5) + gy * (y - 0.5))[..., None]
 
 
-def _rotate(y: np.ndarray, x: np.ndarray, cy: float, cx: float, angle: float):
+def _rotate(
+    y: np.ndarray, x: np.ndarray, cy: float, cx: float, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
     cos, sin = np.cos(angle), np.sin(angle)
     dy, dx = y - cy, x - cx
     return cos * dy - sin * dx, sin * dy + cos * dx
