@@ -159,9 +159,10 @@ def _curve(
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    # Peak for P pixels (30M for a full MVTec class at 384 px): order 8P + ranked scores 4-8P
-    # (freed before the counts) + masks of ties 2P + ends, tp, fp 8 bytes per distinct score
-    # each, about 40 bytes per pixel (~1.2 GB) when nearly all scores are distinct.
+    # Peak beyond the input, P pixels and T distinct scores: order 8P + ranked scores 4-8P
+    # (freed before the counts) + ends, tp, fp 8T each, so at most ~32 bytes per pixel (~0.9 GB
+    # for a full MVTec class, 200 x 384 x 384 = 30M); bench/metrics.py measured 16 bytes per
+    # pixel (459 MiB) there with 7.6M distinct float32 scores.
     order = np.argsort(scores, kind="stable")[::-1]  # [P] int64, highest score first
     ranked = scores[order]
     ends = np.flatnonzero(ranked[1:] != ranked[:-1])  # last rank of each group of equal scores
