@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import reference_metrics as ref
 import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
@@ -14,6 +13,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from anobench import metrics
 from anobench.errors import AnobenchError
 from anobench.metrics import METRIC_IDS, MetricInputError
+from tests import reference_metrics as ref
 
 TOL = 1e-6
 
