@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import tifffile
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from anobench.config import DatasetConfig, SyntheticConfig
 from anobench.errors import AnobenchError
-from anobench.results import MAPS_FILE
+from anobench.results import MAPS_FILE, METRICS_FILE, read_record
+
+log = logging.getLogger("anobench")
 
 
 def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
@@ -38,8 +45,29 @@ def _tiff_path(out_dir: Path, category: str, image_path: str, maps_file: Path) -
     return out_dir / category / "test" / parts[1] / f"{PurePosixPath(parts[2]).stem}.tiff"
 
 
-def export_maps(cell_dir: Path, out_dir: Path, category: str) -> int:
-    """Write each map of `cell_dir/maps.npz` as float32 TIFF; return how many were written."""
+def _to_original_size(anomaly_map: np.ndarray, image: Path) -> np.ndarray:
+    """Bilinear resize of a map to its image's original size (the evaluator compares there)."""
+    try:
+        with Image.open(image) as handle:
+            width, height = handle.size
+    except OSError as err:
+        raise AnobenchError(f"cannot read image {image} to size its map ({err}).") from err
+    if anomaly_map.shape == (height, width):
+        return anomaly_map
+    tensor = torch.from_numpy(anomaly_map.astype(np.float32))[None, None]
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
+
+
+def export_maps(
+    cell_dir: Path, out_dir: Path, category: str, dataset_root: Path | None = None
+) -> int:
+    """Write each map of `cell_dir/maps.npz` as float32 TIFF; return how many were written.
+
+    With `dataset_root`, each map is resized to its test image's original size, as the official
+    evaluator expects; without it, maps keep the model's input resolution.
+    """
     maps_file = cell_dir / MAPS_FILE
     if not maps_file.is_file():
         raise AnobenchError(
@@ -58,9 +86,40 @@ def export_maps(cell_dir: Path, out_dir: Path, category: str) -> int:
             "re-run the cell to rewrite it."
         )
     targets = [_tiff_path(out_dir, category, path, maps_file) for path in paths]
-    for target, anomaly_map in zip(targets, maps, strict=True):
-        _write_tiff_atomic(target, anomaly_map.astype(np.float32))
+    for target, path, anomaly_map in zip(targets, paths, maps, strict=True):
+        anomaly_map = anomaly_map.astype(np.float32)
+        if dataset_root is not None:
+            anomaly_map = _to_original_size(anomaly_map, dataset_root / category / path)
+        _write_tiff_atomic(target, anomaly_map)
     return len(targets)
+
+
+def _recorded_dataset_root(cell_dir: Path) -> Path | None:
+    """The dataset root a finished cell read, or None (maps then stay at model resolution)."""
+    from anobench.runner import dataset_root  # the runner imports torch-heavy modules
+
+    record = read_record(cell_dir / METRICS_FILE)
+    if record is None:
+        return None
+    config = record["config"]
+    dataset = config["dataset"]
+    try:
+        return dataset_root(
+            DatasetConfig(
+                name=dataset["name"],
+                root=dataset.get("root"),
+                categories=list(dataset.get("categories", [])),
+                synthetic=_synthetic(dataset.get("synthetic")),
+            ),
+            Path(config["cache_dir"]).expanduser(),
+        )
+    except AnobenchError as err:
+        log.warning("maps of %s stay at model resolution: %s", cell_dir, err)
+        return None
+
+
+def _synthetic(values: dict | None) -> SyntheticConfig | None:
+    return None if values is None else SyntheticConfig(**values)
 
 
 def export_run_maps(results_dir: Path, out_dir: Path) -> int:
@@ -72,7 +131,12 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
     `out_dir/<category>/test/...`.
     """
     if (results_dir / MAPS_FILE).is_file():
-        return export_maps(results_dir, out_dir, results_dir.resolve().parent.name)
+        return export_maps(
+            results_dir,
+            out_dir,
+            results_dir.resolve().parent.name,
+            _recorded_dataset_root(results_dir),
+        )
     cells = sorted(path.parent for path in results_dir.rglob(MAPS_FILE))
     if not cells:
         raise AnobenchError(
@@ -82,5 +146,10 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
     for cell_dir in cells:
         relative = cell_dir.relative_to(results_dir)
         experiment_dir = out_dir / relative.parent.parent / relative.name
-        count += export_maps(cell_dir, experiment_dir, cell_dir.resolve().parent.name)
+        count += export_maps(
+            cell_dir,
+            experiment_dir,
+            cell_dir.resolve().parent.name,
+            _recorded_dataset_root(cell_dir),
+        )
     return count

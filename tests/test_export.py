@@ -61,3 +61,22 @@ def test_path_outside_test_folder_raises(tmp_path: Path) -> None:
     with pytest.raises(AnobenchError, match="'a.png'"):
         export_maps(tmp_path / "cell", tmp_path / "out", "bottle")
     assert not (tmp_path / "out").exists()
+
+
+def test_maps_are_resized_to_the_original_image_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from anobench.export import export_maps
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    maps = np.arange(16, dtype=np.float16).reshape(1, 4, 4)
+    np.savez(cell / "maps.npz", maps=maps, paths=np.array(["test/crack/000.png"]))
+    image = tmp_path / "data" / "bottle" / "test" / "crack" / "000.png"
+    image.parent.mkdir(parents=True)
+    Image.new("RGB", (12, 8)).save(image)
+    assert export_maps(cell, tmp_path / "out", "bottle", dataset_root=tmp_path / "data") == 1
+    exported = tifffile.imread(tmp_path / "out" / "bottle" / "test" / "crack" / "000.tiff")
+    assert exported.shape == (8, 12)
+    assert exported.dtype == np.float32
+    assert exported.min() >= 0 and exported.max() <= 15
