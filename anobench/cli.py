@@ -80,8 +80,10 @@ def _run(args: Sequence[str]) -> int:
     import hydra
 
     from anobench.config import CONF_DIR, register_configs
+    from anobench.sweeps import register_launcher_configs
 
     register_configs()
+    register_launcher_configs()
     args = list(args)
     if "-m" in args or "--multirun" in args:
         from anobench.sweeps import expand_multirun_args

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import random
+import tempfile
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +20,69 @@ from torch import nn
 from anobench.errors import AnobenchError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("anobench")
+
+
+class SlotLock:
+    """An exclusive lock on a file, held until release(), garbage collection or process exit."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def try_acquire(cls, path: Path) -> SlotLock | None:
+        import fcntl  # POSIX only, like the launchers that run several jobs per machine
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def claim_slot(
+    names: list[str], preferred: int, lock_dir: Path, poll_seconds: float = 2.0
+) -> tuple[int, SlotLock]:
+    """Lock the first free of `names`, trying `preferred` first; wait while all are held."""
+    order = [*range(preferred, len(names)), *range(preferred)]
+    waited = False
+    while True:
+        for index in order:
+            lock = SlotLock.try_acquire(lock_dir / f"{names[index]}.lock")
+            if lock is not None:
+                return index, lock
+        if not waited:
+            log.info("all %d GPUs are held by other anobench jobs; waiting for one", len(names))
+            waited = True
+        time.sleep(poll_seconds)
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process (0 without CUDA)."""
+    return torch.cuda.device_count()
+
+
+def _claim_gpu(job_index: int) -> tuple[int, SlotLock]:
+    # Job j prefers cuda:(j % count). Joblib hands a job to whichever worker is free, so job
+    # numbers alone can put two running jobs on one GPU; a lock file per GPU (keyed by UUID, so
+    # jobs that see different CUDA_VISIBLE_DEVICES agree) sends a job to a free one instead.
+    count = torch.cuda.device_count()
+    names = [
+        str(getattr(torch.cuda.get_device_properties(i), "uuid", f"cuda{i}")) for i in range(count)
+    ]
+    lock_dir = Path(tempfile.gettempdir()) / f"anobench-gpu-locks-{os.getuid()}"
+    return claim_slot(names, job_index % count, lock_dir)
 
 
 @dataclass(frozen=True)
@@ -27,6 +94,7 @@ class Hardware:
     compile: bool = False
     channels_last: bool = False
     deterministic: bool = False
+    gpu_lock: SlotLock | None = field(default=None, compare=False, repr=False)
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -116,8 +184,13 @@ def create_hardware(
     compile: bool = False,
     channels_last: bool = False,
     deterministic: bool = False,
+    job_index: int | None = None,
 ) -> Hardware:
-    """Resolve `hardware=` settings to a Hardware; `auto` picks CUDA when present."""
+    """Resolve `hardware=` settings to a Hardware; `auto` picks CUDA when present.
+
+    With `job_index` (hardware.gpu_from_job), a device of `cuda` becomes one GPU of this machine
+    held by this job alone: cuda:(job_index % GPU count) when free, else the next free one.
+    """
     if precision not in PRECISIONS:
         raise AnobenchError(
             f"hardware.precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
@@ -133,6 +206,11 @@ def create_hardware(
             f"hardware.device={device!r} asks for CUDA but no GPU is visible; "
             "use hardware=cpu or hardware.device=auto."
         )
+    gpu_lock = None
+    if job_index is not None and resolved.type == "cuda" and resolved.index is None:
+        index, gpu_lock = _claim_gpu(job_index)
+        resolved = torch.device("cuda", index)
+        torch.cuda.set_device(resolved)
     if resolved.type == "cpu" and precision == "fp16":
         raise AnobenchError("hardware.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU.")
     if deterministic:
@@ -142,7 +220,7 @@ def create_hardware(
     torch.backends.cudnn.allow_tf32 = not deterministic
     torch.backends.cudnn.benchmark = not deterministic and resolved.type == "cuda"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    return Hardware(resolved, precision, compile, channels_last, deterministic)
+    return Hardware(resolved, precision, compile, channels_last, deterministic, gpu_lock)
 
 
 def seed_everything(seed: int) -> None:

@@ -46,6 +46,7 @@ from anobench.results import (
     write_json_atomic,
     write_maps_atomic,
 )
+from anobench.sweeps import current_job_index
 
 log = logging.getLogger("anobench")
 
@@ -116,6 +117,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         hardware_cfg.compile,
         hardware_cfg.channels_last,
         hardware_cfg.deterministic,
+        job_index=current_job_index() if hardware_cfg.gpu_from_job else None,
     )
     validate_backbone(backbone_cfg, method_cfg.image_size)
     results_dir = Path(cfg.results_dir).expanduser()
