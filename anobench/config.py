@@ -48,6 +48,7 @@ class HardwareConfig:
     num_workers: int = 0  # DataLoader workers for decoding at load time
     eval_batch_size: int = 16  # test-time batch size (does not change results)
     gpu_from_job: bool = False  # multi_gpu: pick cuda:(job index % GPU count)
+    cache_features: bool = True  # frozen-backbone features computed once per class (same results)
 
     def __post_init__(self) -> None:
         require_positive("hardware", eval_batch_size=self.eval_batch_size)

@@ -144,3 +144,50 @@ def _load_disk(cache_dir: Path, key: str) -> Tensor | None:
     if not marker.is_file() or not data_path.is_file():
         return None
     return torch.from_numpy(np.load(data_path, mmap_mode="r"))
+
+
+class FeatureStore:
+    """Frozen-backbone features of a fixed image set, fetched by index batch.
+
+    With `cache=True` they are computed once (extract_features, fastest tier) and indexed every
+    step; with `cache=False` the backbone runs on the indexed images at every access — the naive
+    loop, kept for benchmarks and for checking that caching changes nothing.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        loader: DataLoader,
+        hardware: Hardware,
+        *,
+        cache: bool = True,
+        cache_dir: Path | None = None,
+        key: str | None = None,
+        progress: bool = True,
+        desc: str = "features",
+    ) -> None:
+        self.fn = fn
+        self.hardware = hardware
+        self.cache = cache
+        if cache:
+            self._data = extract_features(
+                fn, loader, hardware, cache_dir=cache_dir, key=key, progress=progress, desc=desc
+            )
+        else:
+            self._data = hardware.to_device(torch.cat([batch["image"] for batch in loader]))
+
+    def __len__(self) -> int:
+        return self._data.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self._data.device
+
+    @torch.no_grad()
+    def __getitem__(self, index: Tensor) -> Tensor:
+        """Features of the images at `index`, float32 on the device."""
+        selected = self._data[index.to(self._data.device)]
+        if self.cache:
+            return self.hardware.to_device(selected).float()
+        with self.hardware.autocast():
+            return self.fn(self.hardware.to_device(selected)).float()

@@ -278,6 +278,7 @@ def run_cell(
         checkpoint_every=checkpoint_every,
         progress=progress,
         cache_dir=cache_dir / "features",
+        cache_features=plan.hardware_cfg.cache_features,
     )
     method = create_method(cell.method, plan.method_cfg, context)
     hardware.reset_peak_memory()

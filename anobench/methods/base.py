@@ -36,6 +36,7 @@ class MethodContext:
     checkpoint_every: int = 10  # epochs between checkpoints
     progress: bool = True
     cache_dir: Path | None = None  # frozen-feature cache (memory-mapped tier)
+    cache_features: bool = True  # False: run the frozen backbone every step (naive loop)
 
 
 class Method(Protocol):
