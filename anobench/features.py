@@ -143,7 +143,7 @@ def _load_disk(cache_dir: Path, key: str) -> Tensor | None:
     data_path, marker = _disk_paths(cache_dir, key)
     if not marker.is_file() or not data_path.is_file():
         return None
-    return torch.from_numpy(np.load(data_path, mmap_mode="r"))
+    return torch.from_numpy(np.load(data_path, mmap_mode="c"))  # copy-on-write: file stays intact
 
 
 class FeatureStore:

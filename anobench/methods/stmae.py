@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from anobench.backbones import create_backbone
 from anobench.errors import AnobenchError, require_positive
-from anobench.features import cache_key, extract_features
+from anobench.features import FeatureStore, cache_key
 from anobench.methods.base import MethodContext, Scores, register
 from anobench.methods.ops import gaussian_blur, imagenet_normalize, resize_maps
 from anobench.training import TrainHistory, index_batches, train
@@ -291,16 +291,18 @@ class STMAE:
             extra = f"stmae:{cfg.feature_size}:{cfg.resize}"
             key = cache_key(context.backbone, cfg.image_size, paths, extra)
         # frozen backbone, no augmentation: the features are computed once and reused every epoch
-        features = extract_features(
-            lambda images: self.features(images),
+        # (hardware.cache_features=false recomputes them every step: the naive loop)
+        features = FeatureStore(
+            self.features,
             train_loader,
             self.hw,
+            cache=context.cache_features,
             cache_dir=context.cache_dir,
             key=key,
             progress=context.progress,
             desc="vgg19 features",
         )
-        n = features.shape[0]
+        n = len(features)
         net = self.hw.maybe_compile(self.model)
 
         def batches(generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
@@ -309,7 +311,7 @@ class STMAE:
 
         def loss_fn(batch: tuple[Tensor, Tensor], _epoch: int) -> Tensor:
             index, order = batch
-            return self.loss(self.hw.to_device(features[index]), order, net)
+            return self.loss(features[index], order, net)
 
         optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
