@@ -41,6 +41,8 @@ from anobench.runner import RunPlan, plan_run  # noqa: E402
 MVTEC_MEAN_TRAIN_IMAGES = 242  # 3629 train/good images over 15 classes
 MVTEC_CLASSES = 15
 FIXED_EPOCH_METHODS = {"haloae"}  # one epoch = a fixed sample count, whatever the class size
+# HaloAE's epoch is 3000 samples; time a fifth of it and scale (its steps are all alike)
+SHORTENED_EPOCHS = {"haloae": ("method.samples_per_epoch=600", 3000 / 600)}
 
 
 def _plan(method: str, size: str, mode: str, n_train: int, tmp: Path, on_gpu: bool) -> RunPlan:
@@ -60,6 +62,8 @@ def _plan(method: str, size: str, mode: str, n_train: int, tmp: Path, on_gpu: bo
         overrides += ["scale=demo", "dataset.synthetic.image_size=128"]
     else:
         overrides += ["dataset.synthetic.image_size=256"]
+    if method in SHORTENED_EPOCHS:
+        overrides.append(SHORTENED_EPOCHS[method][0])
     if mode == "naive":
         overrides += ["hardware.cache_features=false", "hardware.precision=fp32"]
         overrides += ["hardware.device=cuda" if on_gpu else "hardware.device=cpu"]
@@ -182,6 +186,9 @@ def main() -> None:
         device = fast_plan.hardware.describe()
         naive = measure(naive_plan, args.epochs)
         fast = measure(fast_plan, args.epochs)
+        if method in SHORTENED_EPOCHS:
+            for result in (naive, fast):
+                result["epoch_s"] *= SHORTENED_EPOCHS[method][1]
         gflops, tflops, fraction = backbone_roofline(fast_plan)
         hours = projected_hours(method, fast, paper_epochs)
         total_hours += hours
