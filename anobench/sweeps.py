@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,6 +129,12 @@ def expand_multirun_args(args: list[str]) -> list[str]:
             combinations = _compose_combinations(ns.config_name or "config", parsed)
         except (HydraException, OmegaConfBaseException):
             return list(args)  # Hydra reports the composition error in its own words
+    launcher = str(combinations[0].cfg.hydra.launcher.get("_target_", ""))
+    if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
+        raise AnobenchError(
+            "hydra/launcher=slurm needs SLURM (no srun on PATH); submit from a login node of the "
+            "cluster, or try the same jobs here with hydra/launcher=local."
+        )
     categories, seeds = _cells_of_sweep(combinations, cell_sweeps)
     replacements = {
         "category": _cell_argument("category", categories, cell_sweeps.get("category")),
@@ -138,7 +145,7 @@ def expand_multirun_args(args: list[str]) -> list[str]:
         flags = [a for a in args if a not in overrides and a not in ("-m", "--multirun")]
         for results_dir, cells in _expected_cells(combinations, categories, seeds).items():
             path = record_sweep(results_dir, cells, flags, ["anobench", "run", *expanded])
-            log.info("this sweep expects %d cells; recorded in %s", len(cells), path)
+            log.info("this sweep expects %d cell(s); recorded in %s", len(cells), path)
     return expanded
 
 
@@ -399,9 +406,10 @@ def _state(cell_dir: Path, now: float) -> tuple[str, str]:
     if read_record(cell_dir / METRICS_FILE) is not None:
         return "done", ""
     error = read_record(cell_dir / ERROR_FILE)
-    if error is not None:
-        return "failed", str(error.get("error", ""))
     checkpoint = cell_dir / CHECKPOINT_FILE
+    if error is not None:
+        kept = " (a resubmission resumes from its checkpoint.pt)" if checkpoint.is_file() else ""
+        return "failed", f"{error.get('error', '')}{kept}"
     if checkpoint.is_file():
         age = now - checkpoint.stat().st_mtime
         return "missing", f"checkpoint.pt written {_ago(age)} (interrupted, or still running)"
@@ -469,6 +477,9 @@ def print_sweep_status(states: list[CellState], results_dir: Path, console: Cons
     for model, row in counts.items():
         table.add_row(*model, *(str(row[s]) for s in ("done", "failed", "missing")))
     console.print(table)
+    if all(state.state == "done" for state in states):
+        console.print(f"all {len(states)} cells are done")
+        return
     unrecorded = False
     for state in states:
         if state.state != "done":

@@ -159,11 +159,7 @@ def test_slurm_launcher_composes_to_the_expected_sbatch_options(
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    fake_srun = tmp_path / "bin" / "srun"
-    fake_srun.parent.mkdir()
-    fake_srun.write_text("#!/bin/sh\n")
-    fake_srun.chmod(fake_srun.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{fake_srun.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     params = {k: v for k, v in launcher.items() if k not in ("_target_", "submitit_folder")}
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor = submitit.AutoExecutor(
@@ -177,6 +173,32 @@ def test_slurm_launcher_composes_to_the_expected_sbatch_options(
         assert f"#SBATCH {option}\n" in sbatch
     assert "#SBATCH --cpus-per-task=8\n" in sbatch and "#SBATCH --mem=64GB\n" in sbatch
     assert executor._executor.max_num_timeout == 3
+
+
+def _fake_srun(tmp_path: Path) -> Path:
+    """A folder holding an executable `srun`, so that submitit believes it is on SLURM."""
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir(exist_ok=True)
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    return srun.parent
+
+
+def test_slurm_sweeps_need_srun_and_record_one_job_per_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["-m", "method=knn", "hydra/launcher=slurm", *TINY, f"results_dir={tmp_path}"]
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(AnobenchError, match="no srun"):
+        expand_multirun_args(args)
+    assert not (tmp_path / SWEEPS_DIR).exists()
+    monkeypatch.setenv("PATH", str(_fake_srun(tmp_path)))
+    assert expand_multirun_args(args)[-1] == "category=weave,marble,washer,chip"
+    (record,) = _records(tmp_path)
+    assert [c["overrides"][-2:] for c in record["cells"]] == [
+        [f"category={c}", "seed=0"] for c in ("weave", "marble", "washer", "chip")
+    ]
+    assert all(c["overrides"][:2] == args[1:3] for c in record["cells"])
 
 
 def test_local_and_joblib_launchers_default_to_the_gpu_count() -> None:
