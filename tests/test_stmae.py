@@ -360,7 +360,7 @@ def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
             "run",
             "method=stmae",
             "experiment=demo",
-            "category=washer",
+            "category=marble",
             "dataset.synthetic.image_size=64",
             "dataset.synthetic.n_train=16",
             "dataset.synthetic.n_test_good=6",
@@ -372,7 +372,9 @@ def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
         ]
     )
     assert code == 0
-    cell = tmp_path / "results" / "synthetic" / "stmae" / "vgg19.tv_in1k" / "washer" / "seed0"
+    cell = tmp_path / "results" / "synthetic" / "stmae" / "vgg19.tv_in1k" / "marble" / "seed0"
     record = json.loads((cell / "metrics.json").read_text())
-    # Seeds are fixed, so this run is deterministic on one machine; THRESHOLD_NOTE
+    # Seed 0 is fixed, so the run is deterministic: 0.85 observed (seeds 1 and 2: 0.88, 0.73).
+    # 0.7 is well above chance (0.5) and 9 of the 60 good/defect pairs below what seed 0 gives.
     assert record["metrics"]["image_auroc"] > 0.7
+    assert record["metrics"]["pixel_auroc"] > 0.8  # observed 0.985
