@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from anobench.backbones import BackboneConfig  # noqa: E402
 from anobench.cli import main  # noqa: E402
@@ -339,24 +341,51 @@ def test_loss_decreases_over_a_few_steps(narrow_method: HaloAE) -> None:
     assert losses[-1] < 0.9 * losses[0], losses  # observed ~0.83 after 10 steps
 
 
+def _write_blob_class(root: Path, size: int = 64) -> None:
+    """A tiny MVTec-layout class: smooth noisy grey textures; defects are bright red squares."""
+    generator = np.random.default_rng(0)
+
+    def texture() -> np.ndarray:
+        noise = generator.normal(0.5, 0.04, (size, size, 1)).repeat(3, axis=2)
+        return noise * np.array([0.9, 0.95, 1.0])
+
+    def save(array: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
+
+    for i in range(8):
+        save(texture(), root / "blob" / "train" / "good" / f"{i:03d}.png")
+    for i in range(6):
+        save(texture(), root / "blob" / "test" / "good" / f"{i:03d}.png")
+        image, mask = texture(), np.zeros((size, size))
+        top, left = generator.integers(4, size - 24, 2)
+        image[top : top + 20, left : left + 20] = (1.0, 0.1, 0.1)
+        mask[top : top + 20, left : left + 20] = 1.0
+        save(image, root / "blob" / "test" / "square" / f"{i:03d}.png")
+        save(
+            mask[..., None].repeat(3, axis=2),
+            root / "blob" / "ground_truth" / "square" / f"{i:03d}_mask.png",
+        )
+
+
 @pytest.mark.slow
-def test_short_demo_run_detects_synthetic_defects(tmp_path: Path) -> None:
+def test_short_demo_run_detects_obvious_defects(tmp_path: Path) -> None:
+    _write_blob_class(tmp_path / "data")
     args = [
-        "run",
-        "method=haloae",
-        "experiment=demo",
-        "category=weave",
-        "progress=false",
-        "dataset.synthetic.image_size=64",
-        "dataset.synthetic.n_train=10",
-        "dataset.synthetic.n_test_good=5",
-        "dataset.synthetic.n_test_defect=10",
-        f"results_dir={tmp_path / 'results'}",
-        f"cache_dir={tmp_path / 'cache'}",
-    ]
+        "run", "method=haloae", "experiment=demo", "category=blob", "progress=false",
+        "dataset.synthetic=null", f"dataset.root={tmp_path / 'data'}", "dataset.categories=[blob]",
+        "method.epochs=2", "method.samples_per_epoch=16",
+        f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
     assert main(args) == 0
     (metrics_file,) = (tmp_path / "results").rglob("metrics.json")
     record = json.loads(metrics_file.read_text())
     assert record["status"] == "done" and record["method"] == "haloae"
-    # threshold set after observing the run; see the comment in the report
-    assert record["metrics"]["image_auroc"] > 0.6
+    assert record["n_test"] == 12 and record["config"]["method"]["image_size"] == 48
+    # a 20x20 saturated red square on a grey texture changes every VGG layer's features over a
+    # sixth of the map, so even 16 training samples with random VGG weights separate the classes
+    # (observed image AUROC 1.0 for seeds 0 and 1, pixel AUROC 0.78-0.87); the thresholds are
+    # clearly above chance (0.5) and below every observed value.
+    # The real synthetic classes are much subtler: see docs/methods/haloae.md for the demo numbers.
+    assert record["metrics"]["image_auroc"] > 0.8
+    assert record["metrics"]["pixel_auroc"] > 0.65
