@@ -1,8 +1,7 @@
 """HaloAE: a HaloNet local-attention autoencoder on VGG19 features, with Cut&Paste.
 
-Mathian, Pelletier, Foll, Fernandez-Cuesta, Sethi, Mazieres, Sertier, Thiebaut, Quignon,
-"HaloAE: An HaloNet based Local Transformer Auto-Encoder for Anomaly Detection and Localization",
-2022 (VISAPP 2023), arXiv 2208.03486. Official code: https://github.com/IARCbioinfo/HaloAE
+Mathian et al., "HaloAE: An HaloNet based Local Transformer Auto-Encoder for Anomaly Detection
+and Localization", 2022 (VISAPP 2023), arXiv 2208.03486. Official code: https://github.com/IARCbioinfo/HaloAE
 """
 
 from __future__ import annotations
