@@ -187,6 +187,17 @@ def test_other_vit_gives_five_times_its_width() -> None:
     assert method.features(torch.rand(2, 3, 64, 64)).shape == (2, 960, 4, 4)
 
 
+def test_input_range_is_unit_by_default_and_half_normalised_on_request() -> None:
+    torch.manual_seed(0)
+    plain = _method()
+    torch.manual_seed(0)
+    half = _method(normalization="half")
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.features(image), torch.cat(plain.extractor(image), 1))
+        torch.testing.assert_close(half.features(image), plain.features(2 * image - 1))
+
+
 def test_autoencoder_stage_shapes_at_the_paper_widths() -> None:
     d, channels, grid = 113, 3840, 4
     model = SelfAttentionAutoencoder(channels, d, grid * grid, heads=3, head_dim=64, mlp_dim=2 * d)
