@@ -68,12 +68,15 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
 
 
 def write_maps_atomic(path: Path, maps: np.ndarray, paths: list[str]) -> None:
-    """Anomaly maps as float16 [N, H, W] with each image's path relative to its class folder."""
+    """Anomaly maps [N, H, W] (float16 when in range), each path relative to its class folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
     os.close(fd)
     try:
-        np.savez_compressed(tmp, maps=maps.astype(np.float16), paths=np.array(paths))
+        # float16 halves the size; maps beyond its range (65504) keep float32 rather than overflow
+        fits = np.abs(maps).max(initial=0.0) < np.finfo(np.float16).max
+        stored = maps.astype(np.float16) if fits else maps.astype(np.float32)
+        np.savez_compressed(tmp, maps=stored, paths=np.array(paths))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
