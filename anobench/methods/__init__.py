@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from anobench.methods import knn  # noqa: F401  (registers "knn")
-from anobench.methods import haloae  # noqa: F401
-from anobench.methods import anovit  # noqa: F401
-from anobench.methods import stmae  # noqa: F401
-from anobench.methods import saae  # noqa: F401
+from anobench.methods import (
+    anovit,  # noqa: F401
+    haloae,  # noqa: F401
+    knn,  # noqa: F401  (each import registers its method)
+    saae,  # noqa: F401
+    stmae,  # noqa: F401
+)
 from anobench.methods.base import (
     Method,
     MethodContext,
