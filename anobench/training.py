@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from anobench.hardware import Hardware, epoch_generator, rng_state, set_rng_state
-from anobench.results import write_bytes_atomic
+from anobench.results import write_atomic
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,9 +62,7 @@ def sampled_batches(
 
 def _save_atomic(state: dict, path: Path) -> None:
     """torch.save to a unique temporary file, fsync, then rename over `path`."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def train(
