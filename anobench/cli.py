@@ -58,16 +58,7 @@ def run_from_config(cfg: DictConfig) -> int:
 
             print_plan(plan, Console())
             return 0
-        summary = run_cells(
-            plan,
-            overwrite=cfg.overwrite,
-            save_maps=cfg.save_maps,
-            checkpoint_every=cfg.checkpoint_every,
-            pro_fpr_limit=cfg.pro_fpr_limit,
-            progress=cfg.progress,
-            cache_dir=Path(cfg.cache_dir).expanduser(),
-            latency_repeats=cfg.latency_repeats,
-        )
+        summary = run_cells(plan)
     except AnobenchError as err:
         return _fail(err, debug)
     print_run_table(plan.results_dir, plan.cells, Console())

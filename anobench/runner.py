@@ -63,6 +63,13 @@ class RunPlan:
     hardware_cfg: HardwareConfig
     hardware: Hardware
     resolved_config: dict
+    cache_dir: Path
+    overwrite: bool = False
+    save_maps: bool = True
+    checkpoint_every: int = 10
+    pro_fpr_limit: float = 0.3
+    progress: bool = True
+    latency_repeats: int = 20
 
 
 @dataclass
@@ -144,6 +151,13 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         hardware_cfg=hardware_cfg,
         hardware=hardware,
         resolved_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        cache_dir=cache_dir,
+        overwrite=cfg.overwrite,
+        save_maps=cfg.save_maps,
+        checkpoint_every=cfg.checkpoint_every,
+        pro_fpr_limit=cfg.pro_fpr_limit,
+        progress=cfg.progress,
+        latency_repeats=cfg.latency_repeats,
     )
 
 
@@ -151,36 +165,17 @@ def is_done(cell: Cell, results_dir: Path) -> bool:
     return (cell.directory(results_dir) / METRICS_FILE).is_file()
 
 
-def run_cells(
-    plan: RunPlan,
-    *,
-    overwrite: bool,
-    save_maps: bool,
-    checkpoint_every: int,
-    pro_fpr_limit: float,
-    progress: bool,
-    cache_dir: Path,
-    latency_repeats: int = 20,
-) -> RunSummary:
+def run_cells(plan: RunPlan) -> RunSummary:
     """Run every cell; a failing cell is recorded and the others go on."""
     summary = RunSummary(done=[], skipped=[], failed={})
     for index, cell in enumerate(plan.cells, start=1):
-        if is_done(cell, plan.results_dir) and not overwrite:
+        if is_done(cell, plan.results_dir) and not plan.overwrite:
             log.info("[%d/%d] %s: done already, skipped", index, len(plan.cells), cell.label())
             summary.skipped.append(cell)
             continue
         log.info("[%d/%d] %s: running", index, len(plan.cells), cell.label())
         try:
-            record = run_cell(
-                cell,
-                plan,
-                save_maps=save_maps,
-                checkpoint_every=checkpoint_every,
-                pro_fpr_limit=pro_fpr_limit,
-                progress=progress,
-                cache_dir=cache_dir,
-                latency_repeats=latency_repeats,
-            )
+            record = run_cell(cell, plan)
         except Exception as err:  # any fault stops this cell only; it is recorded
             message = _failure_message(err, plan)
             _record_failure(cell, plan, err, message)
@@ -241,17 +236,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_cell(
-    cell: Cell,
-    plan: RunPlan,
-    *,
-    save_maps: bool,
-    checkpoint_every: int,
-    pro_fpr_limit: float,
-    progress: bool,
-    cache_dir: Path,
-    latency_repeats: int = 20,
-) -> dict[str, Any]:
+def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     """Train and evaluate one cell; write its maps, then its record (the record marks it done)."""
     started = _now()
     cell_dir = cell.directory(plan.results_dir)
@@ -259,10 +244,10 @@ def run_cell(
     seed_everything(cell.seed)
     image_size, resize = plan.method_cfg.image_size, plan.method_cfg.resize
     train_set = AnomalyDataset(
-        index_split(plan.dataset_root, cell.category, "train"), image_size, resize, progress
+        index_split(plan.dataset_root, cell.category, "train"), image_size, resize, plan.progress
     )
     test_set = AnomalyDataset(
-        index_split(plan.dataset_root, cell.category, "test"), image_size, resize, progress
+        index_split(plan.dataset_root, cell.category, "test"), image_size, resize, plan.progress
     )
     loader_args = {
         "batch_size": plan.hardware_cfg.eval_batch_size,
@@ -275,9 +260,9 @@ def run_cell(
         seed=cell.seed,
         category=cell.category,
         checkpoint_path=cell_dir / CHECKPOINT_FILE,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        cache_dir=cache_dir / "features",
+        checkpoint_every=plan.checkpoint_every,
+        progress=plan.progress,
+        cache_dir=plan.cache_dir / "features",
         cache_features=plan.hardware_cfg.cache_features,
     )
     method = create_method(cell.method, plan.method_cfg, context)
@@ -306,15 +291,15 @@ def run_cell(
         torch.cat(masks).numpy(),
         torch.cat(image_scores).numpy(),
         torch.cat(labels).numpy(),
-        pro_fpr_limit=pro_fpr_limit,
+        pro_fpr_limit=plan.pro_fpr_limit,
         image_names=paths,
     )
     trainable, total = count_parameters(method)
     inference = (
         measure_inference(
-            method, test_set[0]["image"].unsqueeze(0), hardware, repeats=latency_repeats
+            method, test_set[0]["image"].unsqueeze(0), hardware, repeats=plan.latency_repeats
         )
-        if latency_repeats > 0
+        if plan.latency_repeats > 0
         else {}
     )
     record = {
@@ -343,7 +328,7 @@ def run_cell(
         "finished": _now(),
         "config": plan.resolved_config,
     }
-    if save_maps:
+    if plan.save_maps:
         write_maps_atomic(cell_dir / MAPS_FILE, maps_np, paths)
     write_json_atomic(cell_dir / METRICS_FILE, record)
     (cell_dir / ERROR_FILE).unlink(missing_ok=True)
