@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from anobench.data.mvtec import AnomalyDataset, index_split
 from anobench.hardware import seed_everything
-from anobench.methods import MethodContext, create_method
+from anobench.methods import Method, MethodContext, create_method
 from anobench.results import CHECKPOINT_FILE, Cell
 from anobench.runner import RunPlan, is_done
 
@@ -22,33 +22,41 @@ class EpochTiming:
     epoch_seconds: float
 
 
-def _fit_seconds(plan: RunPlan, epochs: int, loader: DataLoader, category: str) -> float:
+def cell_loader(plan: RunPlan, split: str) -> DataLoader:
+    """The first cell's `split` images at the method's input size, in evaluation batches."""
+    cell = plan.cells[0]
+    samples = index_split(plan.dataset_root, cell.category, split)
+    dataset = AnomalyDataset(samples, plan.method_cfg.image_size, plan.method_cfg.resize)
+    return DataLoader(dataset, batch_size=plan.hardware_cfg.eval_batch_size)
+
+
+def timed_fit(plan: RunPlan, loader: DataLoader, epochs: int) -> tuple[float, Method]:
+    """Fit a fresh method on the first cell for `epochs` epochs; (seconds, fitted method)."""
+    seed_everything(plan.cells[0].seed)
     cfg = dataclasses.replace(plan.method_cfg, epochs=epochs)
     context = MethodContext(
         hardware=plan.hardware,
         backbone=plan.backbone_cfg,
-        category=category,
+        category=plan.cells[0].category,
         progress=False,
+        cache_features=plan.hardware_cfg.cache_features,
     )
-    method = create_method(plan.method_cfg.name, cfg, context)
+    method = create_method(cfg.name, cfg, context)
+    plan.hardware.synchronize()
     start = time.perf_counter()
     method.fit(loader)
     plan.hardware.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, method
 
 
 def measure_epochs(plan: RunPlan) -> EpochTiming | None:
     """Fit the first cell for one and for two epochs; the difference is one epoch's time."""
     if not hasattr(plan.method_cfg, "epochs") or not plan.cells:
         return None
-    cell = plan.cells[0]
-    seed_everything(cell.seed)
-    samples = index_split(plan.dataset_root, cell.category, "train")
-    dataset = AnomalyDataset(samples, plan.method_cfg.image_size, plan.method_cfg.resize)
-    loader = DataLoader(dataset, batch_size=plan.hardware_cfg.eval_batch_size)
-    _fit_seconds(plan, 1, loader, cell.category)  # warm-up: allocator, cudnn autotuning
-    one = _fit_seconds(plan, 1, loader, cell.category)
-    two = _fit_seconds(plan, 2, loader, cell.category)
+    loader = cell_loader(plan, "train")
+    timed_fit(plan, loader, 1)  # warm-up: allocator, cudnn autotuning
+    one, _ = timed_fit(plan, loader, 1)
+    two, _ = timed_fit(plan, loader, 2)
     epoch = max(two - one, 1e-6)
     return EpochTiming(setup_seconds=max(one - epoch, 0.0), epoch_seconds=epoch)
 

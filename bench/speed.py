@@ -15,7 +15,6 @@ average MVTec AD class (242 training images) and the paper's epochs, for all 15 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,9 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from anobench.backbones import create_backbone  # noqa: E402
 from anobench.config import CONF_DIR, register_configs  # noqa: E402
-from anobench.data.mvtec import AnomalyDataset, index_split  # noqa: E402
-from anobench.hardware import seed_everything  # noqa: E402
-from anobench.methods import MethodContext, create_method  # noqa: E402
+from anobench.planning import cell_loader, timed_fit  # noqa: E402
 from anobench.runner import RunPlan, plan_run  # noqa: E402
 
 MVTEC_MEAN_TRAIN_IMAGES = 242  # 3629 train/good images over 15 classes
@@ -75,41 +71,13 @@ def _plan(method: str, size: str, mode: str, n_train: int, tmp: Path, on_gpu: bo
         return plan_run(compose(config_name="config", overrides=overrides))
 
 
-def _loader(plan: RunPlan, split: str) -> DataLoader:
-    cell = plan.cells[0]
-    samples = index_split(plan.dataset_root, cell.category, split)
-    dataset = AnomalyDataset(samples, plan.method_cfg.image_size, plan.method_cfg.resize)
-    return DataLoader(dataset, batch_size=plan.hardware_cfg.eval_batch_size)
-
-
-def _context(plan: RunPlan) -> MethodContext:
-    return MethodContext(
-        hardware=plan.hardware,
-        backbone=plan.backbone_cfg,
-        category=plan.cells[0].category,
-        progress=False,
-        cache_features=plan.hardware_cfg.cache_features,
-    )
-
-
-def _fit_seconds(plan: RunPlan, loader: DataLoader, epochs: int):  # noqa: ANN202
-    seed_everything(0)
-    cfg = dataclasses.replace(plan.method_cfg, epochs=epochs)
-    method = create_method(cfg.name, cfg, _context(plan))
-    plan.hardware.synchronize()
-    start = time.perf_counter()
-    method.fit(loader)
-    plan.hardware.synchronize()
-    return time.perf_counter() - start, method
-
-
 def measure(plan: RunPlan, epochs: int) -> dict[str, float]:
     """Per-epoch training time, setup time, test throughput and peak memory of one setting."""
-    train, test = _loader(plan, "train"), _loader(plan, "test")
-    _fit_seconds(plan, train, 1)  # warm-up: allocator, cuDNN autotuning, compile
+    train, test = cell_loader(plan, "train"), cell_loader(plan, "test")
+    timed_fit(plan, train, 1)  # warm-up: allocator, cuDNN autotuning, compile
     plan.hardware.reset_peak_memory()
-    one, _ = _fit_seconds(plan, train, 1)
-    more, method = _fit_seconds(plan, train, 1 + epochs)
+    one, _ = timed_fit(plan, train, 1)
+    more, method = timed_fit(plan, train, 1 + epochs)
     per_epoch = max(more - one, 1e-9) / epochs
     images = [batch["image"] for batch in test]
     method.predict(images[0])  # warm-up

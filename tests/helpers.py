@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from anobench.config import CONF_DIR, register_configs
+
 TINY_DATA = [
     "experiment=demo",
     "dataset.synthetic.image_size=64",
@@ -41,3 +46,10 @@ def cell_dir(
 
 def read_metrics(tmp_path: Path, category: str, **kwargs: object) -> dict:
     return json.loads((cell_dir(tmp_path, category, **kwargs) / "metrics.json").read_text())
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The composed `anobench run` config for these command-line overrides."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 
 from anobench.backbones import BackboneConfig
 from anobench.cli import main
-from anobench.config import CONF_DIR, method_config, register_configs
+from anobench.config import method_config
 from anobench.errors import AnobenchError
 from anobench.hardware import create_hardware
 from anobench.methods import MethodContext, create_method
@@ -28,6 +27,7 @@ from anobench.methods.anovit import (
     split_indices,
 )
 from anobench.training import train
+from tests.helpers import compose_config  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -61,17 +61,11 @@ def _textures(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
 
 
-def _compose(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 # --- config ---------------------------------------------------------------------------------
 
 
 def test_config_composes_with_paper_values() -> None:
-    cfg = _compose("method=anovit")
+    cfg = compose_config("method=anovit")
     method = method_config(cfg)
     assert isinstance(method, AnoViTConfig)
     assert (method.image_size, method.decoder, method.freeze_encoder) == (384, "bundle", False)
@@ -85,7 +79,7 @@ def test_config_composes_with_paper_values() -> None:
     assert method.final_relu is True
     assert cfg.backbone.name == VIT
     assert list(cfg.backbone.layers) == ["norm"]
-    demo = method_config(_compose("method=anovit", "experiment=demo"))
+    demo = method_config(compose_config("method=anovit", "experiment=demo"))
     assert demo.image_size < 384  # conf/method_scale/anovit_demo.yaml applies
 
 

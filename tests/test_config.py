@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from anobench.cli import main
-from anobench.config import CONF_DIR, method_config, register_configs, resolve_categories
+from anobench.config import method_config, resolve_categories
 from anobench.data.mvtec import MVTEC_CATEGORIES
 from anobench.errors import AnobenchError
-
-
-def _compose(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+from tests.helpers import compose_config  # noqa: E402
 
 
 def test_defaults_compose_to_reference_method_on_mvtec() -> None:
-    cfg = _compose()
+    cfg = compose_config()
     assert cfg.method.name == "knn"
     assert cfg.dataset.name == "mvtec"
     assert list(cfg.dataset.categories) == list(MVTEC_CATEGORIES)
@@ -27,11 +21,11 @@ def test_defaults_compose_to_reference_method_on_mvtec() -> None:
 
 
 def test_demo_experiment_switches_dataset_and_applies_method_demo_settings() -> None:
-    cfg = _compose("experiment=demo")
+    cfg = compose_config("experiment=demo")
     assert cfg.dataset.name == "synthetic"
     assert cfg.backbone.pretrained is False
     assert cfg.method.image_size == 128  # conf/method_scale/knn_demo.yaml
-    assert _compose().method.image_size == 256  # the default is untouched
+    assert compose_config().method.image_size == 256  # the default is untouched
 
 
 def test_category_forms() -> None:
@@ -44,7 +38,7 @@ def test_category_forms() -> None:
 
 
 def test_method_config_is_the_registered_dataclass() -> None:
-    cfg = method_config(_compose("method.bank_size=100"))
+    cfg = method_config(compose_config("method.bank_size=100"))
     assert type(cfg).__name__ == "KNNConfig"
     assert cfg.bank_size == 100
 

@@ -13,12 +13,11 @@ import torch.nn.functional as F
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from anobench.backbones import BackboneConfig  # noqa: E402
 from anobench.cli import main  # noqa: E402
-from anobench.config import CONF_DIR, method_config, register_configs  # noqa: E402
+from anobench.config import method_config  # noqa: E402
 from anobench.errors import AnobenchError  # noqa: E402
 from anobench.hardware import create_hardware  # noqa: E402
 from anobench.methods.base import MethodContext  # noqa: E402
@@ -26,6 +25,7 @@ from anobench.methods.cutpaste import cutpaste_3way, cutpaste_normal, cutpaste_s
 from anobench.methods.halo_attention import HaloAttention  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig, HaloAENet, loss_weights, ssim  # noqa: E402
 from anobench.methods.ops import imagenet_normalize  # noqa: E402
+from tests.helpers import compose_config  # noqa: E402
 
 VGG = BackboneConfig(
     name="vgg19.tv_in1k",
@@ -59,14 +59,8 @@ def narrow_method() -> HaloAE:
     return _method(**{**NARROW, "image_size": 32, "block_size": 4})
 
 
-def _compose(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=["method=haloae", *overrides])
-
-
 def test_config_composes_with_paper_values() -> None:
-    cfg = _compose()
+    cfg = compose_config("method=haloae")
     method = method_config(cfg)
     assert isinstance(method, HaloAEConfig)
     assert (method.image_size, method.block_size, method.halo_size, method.dim_head) == (
@@ -85,7 +79,7 @@ def test_config_composes_with_paper_values() -> None:
     assert method.halo_mask_compat is False and method.vgg_border_compat is False
     assert cfg.backbone.name == "vgg19.tv_in1k" and cfg.backbone.padding_mode == "reflect"
     assert list(cfg.backbone.layers) == ["features.1", "features.6", "features.11", "features.17"]
-    demo = method_config(_compose("experiment=demo"))
+    demo = method_config(compose_config("method=haloae", "experiment=demo"))
     assert demo.epochs < method.epochs and demo.samples_per_epoch < method.samples_per_epoch
 
 

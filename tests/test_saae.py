@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from sklearn.decomposition import PCA
 from torch.utils.data import DataLoader, Dataset
 
 from anobench import cli
 from anobench.backbones import BackboneConfig
-from anobench.config import CONF_DIR, backbone_config, method_config, register_configs
+from anobench.config import CONF_DIR, backbone_config, method_config
 from anobench.errors import AnobenchError
 from anobench.hardware import create_hardware
 from anobench.methods import MethodContext, create_method, saae
@@ -32,6 +31,7 @@ from anobench.methods.saae import (
     resolve_latent_dim,
 )
 from anobench.training import index_batches, train
+from tests.helpers import compose_config  # noqa: E402
 
 HW = create_hardware("cpu")
 VIT_B = "vit_base_patch16_384.orig_in21k_ft_in1k"
@@ -108,9 +108,7 @@ def vit_b_method():
 
 
 def test_config_composes_with_paper_values() -> None:
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=["method=saae"])
+    cfg = compose_config("method=saae")
     method = method_config(cfg)
     assert isinstance(method, SAAEConfig)
     assert (method.image_size, method.resize, method.normalization) == (384, "nearest", "none")
@@ -126,10 +124,8 @@ def test_config_composes_with_paper_values() -> None:
 
 
 def test_integer_latent_dim_from_the_command_line() -> None:
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=["method=saae", "method.latent_dim=64"])
-        bad = compose("config", overrides=["method=saae", "method.latent_dim=big"])
+    cfg = compose_config("method=saae", "method.latent_dim=64")
+    bad = compose_config("method=saae", "method.latent_dim=big")
     assert method_config(cfg).latent_dim == 64
     with pytest.raises(AnobenchError, match="latent_dim"):
         method_config(bad)

@@ -12,13 +12,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 
 from anobench import cli
 from anobench.backbones import BackboneConfig
-from anobench.config import CONF_DIR, method_config, register_configs
+from anobench.config import method_config
 from anobench.errors import AnobenchError
 from anobench.hardware import create_hardware, seed_everything
 from anobench.methods import MethodContext, create_method
@@ -33,6 +32,7 @@ from anobench.methods.stmae import (
     stmae_loss,
 )
 from anobench.training import train
+from tests.helpers import compose_config  # noqa: E402
 
 VGG19 = BackboneConfig(
     name="vgg19.tv_in1k",
@@ -87,10 +87,8 @@ def _tiny_net(joint_decoder: bool = False, channels: int = 6) -> SiameseTransiti
 
 
 def test_config_composes_with_paper_values() -> None:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=["method=stmae"])
-        demo = compose(config_name="config", overrides=["method=stmae", "experiment=demo"])
+    cfg = compose_config("method=stmae")
+    demo = compose_config("method=stmae", "experiment=demo")
     method = method_config(cfg)
     assert isinstance(method, STMAEConfig)
     assert (method.image_size, method.feature_size, method.patch_size) == (256, 64, 4)
