@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from anobench.data.synthetic import SyntheticSpec, generate
 
@@ -17,3 +19,12 @@ TINY_SYNTHETIC = SyntheticSpec(
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic MVTec tree (one texture, one greyscale object), written once per run."""
     return generate(tmp_path_factory.mktemp("synthetic"), TINY_SYNTHETIC)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids spin-wait stalls on a busy two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
