@@ -121,18 +121,7 @@ def test_invalid_values_raise(kwargs: dict) -> None:
 
 
 def test_paper_default_network_sizes() -> None:
-    cfg = STMAEConfig()
-    net = SiameseTransitionMAE(
-        960,
-        cfg.feature_size,
-        cfg.patch_size,
-        cfg.embed_dim,
-        cfg.depth,
-        cfg.num_heads,
-        cfg.decoder_dim,
-        cfg.decoder_depth,
-        cfg.decoder_heads,
-    )
+    net = SiameseTransitionMAE.from_config(960, STMAEConfig())
     assert net.num_tokens == 256
     assert len(net.encoder) == 12 and len(net.decoder) == 8
     assert net.encoder[0].attn.num_heads == 12 and net.decoder[0].attn.num_heads == 16

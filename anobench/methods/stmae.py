@@ -128,6 +128,23 @@ def _gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
 class SiameseTransitionMAE(nn.Module):
     """Patch embedding, shared encoder on each half, transition, decoder back to feature maps."""
 
+    @classmethod
+    def from_config(cls, in_channels: int, cfg: STMAEConfig) -> SiameseTransitionMAE:
+        """The network a method config describes, on `in_channels` backbone channels."""
+        return cls(
+            in_channels,
+            cfg.feature_size,
+            cfg.patch_size,
+            cfg.embed_dim,
+            cfg.depth,
+            cfg.num_heads,
+            cfg.decoder_dim,
+            cfg.decoder_depth,
+            cfg.decoder_heads,
+            cfg.mlp_ratio,
+            cfg.joint_decoder,
+        )
+
     def __init__(
         self,
         in_channels: int,
@@ -242,21 +259,7 @@ class STMAE:
         self.hw = context.hardware
         self.extractor = self.hw.prepare(create_backbone(context.backbone, cfg.image_size))
         channels = sum(self.extractor.channels(cfg.image_size))
-        self.model = self.hw.prepare(
-            SiameseTransitionMAE(
-                channels,
-                cfg.feature_size,
-                cfg.patch_size,
-                cfg.embed_dim,
-                cfg.depth,
-                cfg.num_heads,
-                cfg.decoder_dim,
-                cfg.decoder_depth,
-                cfg.decoder_heads,
-                cfg.mlp_ratio,
-                cfg.joint_decoder,
-            )
-        )
+        self.model = self.hw.prepare(SiameseTransitionMAE.from_config(channels, cfg))
         self.model.eval()
         self.history: TrainHistory | None = None
         self.generator = torch.Generator().manual_seed(context.seed)  # test-time splits
