@@ -20,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from publish import publish  # noqa: E402  (bench/publish.py)
+
 from anobench.cli import main as anobench  # noqa: E402
 
 # (method, epochs to run, extra overrides): short schedules of the paper configuration
@@ -87,10 +89,7 @@ def main() -> None:
         )
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from publish import publish  # noqa: E402  (bench/publish.py)
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
@@ -163,11 +164,7 @@ def main() -> None:
             f"({full_peak / full_pixels:.1f} bytes per pixel)"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from publish import publish  # noqa: E402  (bench/publish.py)
+
 from anobench.backbones import create_backbone  # noqa: E402
 from anobench.config import CONF_DIR, register_configs  # noqa: E402
 from anobench.planning import cell_loader, timed_fit  # noqa: E402
@@ -191,10 +193,7 @@ def main() -> None:
         "early stopping usually ends it sooner).",
     ]
     text = "\n".join(header + rows + footer) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

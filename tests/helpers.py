@@ -48,6 +48,28 @@ def read_metrics(tmp_path: Path, category: str, **kwargs: object) -> dict:
     return json.loads((cell_dir(tmp_path, category, **kwargs) / "metrics.json").read_text())
 
 
+def run_demo_cell(tmp_path: Path, method: str, category: str, *overrides: str) -> dict:
+    """Run one `experiment=demo` cell of `method` under tmp_path; return its metrics record."""
+    from anobench.cli import main
+
+    code = main(
+        [
+            "run",
+            f"method={method}",
+            "experiment=demo",
+            f"category={category}",
+            "latency_repeats=0",
+            "progress=false",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ]
+    )
+    assert code == 0
+    (path,) = (tmp_path / "results").rglob("metrics.json")
+    return json.loads(path.read_text())
+
+
 def compose_config(*overrides: str) -> DictConfig:
     """The composed `anobench run` config for these command-line overrides."""
     register_configs()

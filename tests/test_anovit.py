@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,7 +11,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anobench.backbones import BackboneConfig
-from anobench.cli import main
 from anobench.config import method_config
 from anobench.errors import AnobenchError
 from anobench.hardware import create_hardware
@@ -27,7 +25,7 @@ from anobench.methods.anovit import (
     split_indices,
 )
 from anobench.training import train
-from tests.helpers import compose_config  # noqa: E402
+from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -318,27 +316,17 @@ def test_resumed_run_keeps_patience_counter_and_best_weights(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
-    code = main(
-        [
-            "run",
-            "method=anovit",
-            "experiment=demo",
-            "category=marble",
-            "dataset.synthetic.image_size=64",
-            "dataset.synthetic.n_train=16",
-            "dataset.synthetic.n_test_good=6",
-            "dataset.synthetic.n_test_defect=10",
-            "method.image_size=64",
-            "method.epochs=3",
-            "latency_repeats=0",
-            "progress=false",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={tmp_path / 'cache'}",
-        ]
+    record = run_demo_cell(
+        tmp_path,
+        "anovit",
+        "marble",
+        "dataset.synthetic.image_size=64",
+        "dataset.synthetic.n_train=16",
+        "dataset.synthetic.n_test_good=6",
+        "dataset.synthetic.n_test_defect=10",
+        "method.image_size=64",
+        "method.epochs=3",
     )
-    assert code == 0
-    metrics_file = next((tmp_path / "results").rglob("metrics.json"))
-    record = json.loads(metrics_file.read_text())
     # Seeds are fixed, so the run is deterministic on one machine; 0.93 was observed (6 good,
     # 10 defective images: steps of 1/60). 0.75 is far above chance yet leaves room for BLAS or
     # torch-version differences in the 6 Adam steps of a randomly initialised ViT-B.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from PIL import Image  # noqa: E402
 
 from anobench.backbones import BackboneConfig  # noqa: E402
-from anobench.cli import main  # noqa: E402
 from anobench.config import method_config  # noqa: E402
 from anobench.errors import AnobenchError  # noqa: E402
 from anobench.hardware import create_hardware  # noqa: E402
@@ -25,7 +23,7 @@ from anobench.methods.cutpaste import cutpaste_3way, cutpaste_normal, cutpaste_s
 from anobench.methods.halo_attention import HaloAttention  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig, HaloAENet, loss_weights, ssim  # noqa: E402
 from anobench.methods.ops import imagenet_normalize  # noqa: E402
-from tests.helpers import compose_config  # noqa: E402
+from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 
 VGG = BackboneConfig(
     name="vgg19.tv_in1k",
@@ -365,21 +363,22 @@ def _write_blob_class(root: Path, size: int = 64) -> None:
 @pytest.mark.slow
 def test_short_demo_run_detects_obvious_defects(tmp_path: Path) -> None:
     _write_blob_class(tmp_path / "data")
-    args = [
-        "run", "method=haloae", "experiment=demo", "category=blob", "progress=false",
-        "dataset.synthetic=null", f"dataset.root={tmp_path / 'data'}", "dataset.categories=[blob]",
-        "method.epochs=2", "method.samples_per_epoch=16",
-        f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}",
-    ]  # fmt: skip
-    assert main(args) == 0
-    (metrics_file,) = (tmp_path / "results").rglob("metrics.json")
-    record = json.loads(metrics_file.read_text())
+    record = run_demo_cell(
+        tmp_path,
+        "haloae",
+        "blob",
+        "dataset.synthetic=null",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.categories=[blob]",
+        "method.epochs=2",
+        "method.samples_per_epoch=16",
+    )
     assert record["status"] == "done" and record["method"] == "haloae"
     assert record["n_test"] == 12 and record["config"]["method"]["image_size"] == 48
     # a 20x20 saturated red square on a grey texture changes every VGG layer's features over a
     # sixth of the map, so even 16 training samples with random VGG weights separate the classes
     # (observed image AUROC 1.0 for seeds 0 and 1, pixel AUROC 0.78-0.87); the thresholds are
     # clearly above chance (0.5) and below every observed value.
-    # The real synthetic classes are much subtler: see docs/methods/haloae.md for the demo numbers.
+    # The real synthetic classes are much subtler: bench/results/demo_cpu.md has the demo numbers.
     assert record["metrics"]["image_auroc"] > 0.8
     assert record["metrics"]["pixel_auroc"] > 0.65

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,7 +16,6 @@ from omegaconf import OmegaConf
 from sklearn.decomposition import PCA
 from torch.utils.data import DataLoader, Dataset
 
-from anobench import cli
 from anobench.backbones import BackboneConfig
 from anobench.config import CONF_DIR, backbone_config, method_config
 from anobench.errors import AnobenchError
@@ -31,7 +29,7 @@ from anobench.methods.saae import (
     resolve_latent_dim,
 )
 from anobench.training import index_batches, train
-from tests.helpers import compose_config  # noqa: E402
+from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 
 HW = create_hardware("cpu")
 VIT_B = "vit_base_patch16_384.orig_in21k_ft_in1k"
@@ -335,23 +333,14 @@ def test_scores_are_channel_mean_squared_error_upsampled_with_aligned_corners() 
 
 @pytest.mark.slow
 def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
-    code = cli.main(
-        [
-            "run",
-            "method=saae",
-            "experiment=demo",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={tmp_path / 'cache'}",
-            "category=washer",
-            "dataset.synthetic.image_size=128",
-            "dataset.synthetic.n_test_good=10",
-            "dataset.synthetic.n_test_defect=20",
-            "progress=false",
-        ]
-    )
-    assert code == 0
-    (path,) = (tmp_path / "results").rglob("metrics.json")
-    metrics = json.loads(path.read_text())["metrics"]
+    metrics = run_demo_cell(
+        tmp_path,
+        "saae",
+        "washer",
+        "dataset.synthetic.image_size=128",
+        "dataset.synthetic.n_test_good=10",
+        "dataset.synthetic.n_test_defect=20",
+    )["metrics"]
     auroc = metrics["image_auroc"]
     # Seeds are fixed; observed image AUROC 0.72-0.735 (washer, demo settings, random ViT weights).
     # 0.6 sits ~25 of the 200 good/defect pairs below that and 20 pairs above chance (0.5). The

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +14,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anobench import cli
 from anobench.backbones import BackboneConfig
 from anobench.config import method_config
 from anobench.errors import AnobenchError
@@ -32,7 +30,7 @@ from anobench.methods.stmae import (
     stmae_loss,
 )
 from anobench.training import train
-from tests.helpers import compose_config  # noqa: E402
+from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 
 VGG19 = BackboneConfig(
     name="vgg19.tv_in1k",
@@ -336,25 +334,16 @@ def test_training_from_cached_features_matches_recomputed_features(vgg_method: S
 
 @pytest.mark.slow
 def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
-    code = cli.main(
-        [
-            "run",
-            "method=stmae",
-            "experiment=demo",
-            "category=marble",
-            "dataset.synthetic.image_size=64",
-            "dataset.synthetic.n_train=16",
-            "dataset.synthetic.n_test_good=6",
-            "dataset.synthetic.n_test_defect=10",
-            "method.epochs=30",
-            "progress=false",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={tmp_path / 'cache'}",
-        ]
+    record = run_demo_cell(
+        tmp_path,
+        "stmae",
+        "marble",
+        "dataset.synthetic.image_size=64",
+        "dataset.synthetic.n_train=16",
+        "dataset.synthetic.n_test_good=6",
+        "dataset.synthetic.n_test_defect=10",
+        "method.epochs=30",
     )
-    assert code == 0
-    cell = tmp_path / "results" / "synthetic" / "stmae" / "vgg19.tv_in1k" / "marble" / "seed0"
-    record = json.loads((cell / "metrics.json").read_text())
     # Seed 0 is fixed, so the run is deterministic: 0.85 observed (seeds 1 and 2: 0.88, 0.73).
     # 0.7 is well above chance (0.5) and 9 of the 60 good/defect pairs below what seed 0 gives.
     assert record["metrics"]["image_auroc"] > 0.7

@@ -92,6 +92,14 @@ def _up_block(c_in: int, c_out: int, stride: int, relu: bool = True) -> nn.Seque
     return nn.Sequential(*layers)
 
 
+def _upsample(blocks: nn.ModuleList, grid: Tensor, image_size: int) -> Tensor:
+    """Run the up-convolution blocks, then resize bilinearly (align_corners=True) to image_size."""
+    out = grid
+    for block in blocks:
+        out = block(out)
+    return F.interpolate(out, size=(image_size,) * 2, mode="bilinear", align_corners=True)
+
+
 class AnoViTDecoder(nn.Module):
     """The bundle's decoder (AnoViT/model.py): 768x24x24 -> 3x233x233 -> bilinear to S -> tanh."""
 
@@ -106,11 +114,7 @@ class AnoViTDecoder(nn.Module):
         self.image_size = image_size
 
     def forward(self, grid: Tensor) -> Tensor:
-        out = grid
-        for block in self.blocks:
-            out = block(out)
-        out = F.interpolate(out, size=(self.image_size,) * 2, mode="bilinear", align_corners=True)
-        return torch.tanh(out)
+        return torch.tanh(_upsample(self.blocks, grid, self.image_size))
 
 
 class LectureDecoder(nn.Module):
@@ -127,11 +131,7 @@ class LectureDecoder(nn.Module):
         self.image_size = image_size
 
     def forward(self, grid: Tensor) -> Tensor:
-        out = grid
-        for block in self.blocks:
-            out = block(out)
-        out = F.interpolate(out, size=(self.image_size,) * 2, mode="bilinear", align_corners=True)
-        return torch.sigmoid(self.output(out))
+        return torch.sigmoid(self.output(_upsample(self.blocks, grid, self.image_size)))
 
 
 class AnoViTModel(nn.Module):
