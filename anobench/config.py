@@ -49,9 +49,12 @@ class HardwareConfig:
     eval_batch_size: int = 16  # test-time batch size (does not change results)
     gpu_from_job: bool = False  # multi_gpu: pick cuda:(job index % GPU count)
     cache_features: bool = True  # frozen-backbone features computed once per class (same results)
+    cpu_threads: int | None = None  # torch intra-op threads; null = torch's default (all cores)
 
     def __post_init__(self) -> None:
         require_positive("hardware", eval_batch_size=self.eval_batch_size)
+        if self.cpu_threads is not None:
+            require_positive("hardware", cpu_threads=self.cpu_threads)
         if self.num_workers < 0:
             raise AnobenchError(f"hardware.num_workers={self.num_workers} must be 0 or more.")
 

@@ -185,11 +185,14 @@ def create_hardware(
     channels_last: bool = False,
     deterministic: bool = False,
     job_index: int | None = None,
+    cpu_threads: int | None = None,
 ) -> Hardware:
     """Resolve `hardware=` settings to a Hardware; `auto` picks CUDA when present.
 
     With `job_index` (hardware.gpu_from_job), a device of `cuda` becomes one GPU of this machine
     held by this job alone: cuda:(job_index % GPU count) when free, else the next free one.
+    `cpu_threads` sets torch's intra-op threads for the process (fewer than the cores helps when
+    several runs share a machine: oversubscribed threads can be many times slower than one).
     """
     if precision not in PRECISIONS:
         raise AnobenchError(
@@ -220,6 +223,8 @@ def create_hardware(
     torch.backends.cudnn.allow_tf32 = not deterministic
     torch.backends.cudnn.benchmark = not deterministic and resolved.type == "cuda"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
     return Hardware(resolved, precision, compile, channels_last, deterministic, gpu_lock)
 
 

@@ -125,6 +125,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         hardware_cfg.channels_last,
         hardware_cfg.deterministic,
         job_index=current_job_index() if hardware_cfg.gpu_from_job else None,
+        cpu_threads=hardware_cfg.cpu_threads,
     )
     validate_backbone(backbone_cfg, method_cfg.image_size)
     results_dir = Path(cfg.results_dir).expanduser()
