@@ -13,7 +13,7 @@ from anobench.data.mvtec import AnomalyDataset, index_split
 from anobench.hardware import seed_everything
 from anobench.methods import Method, MethodContext, create_method
 from anobench.results import CHECKPOINT_FILE, Cell
-from anobench.runner import RunPlan, is_done
+from anobench.runner import RunPlan, is_done, ordered_loader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ def cell_loader(plan: RunPlan, split: str) -> DataLoader:
     cell = plan.cells[0]
     samples = index_split(plan.dataset_root, cell.category, split)
     dataset = AnomalyDataset(samples, plan.method_cfg.image_size, plan.method_cfg.resize)
-    return DataLoader(dataset, batch_size=plan.hardware_cfg.eval_batch_size)
+    return ordered_loader(dataset, plan.hardware_cfg, plan.hardware.is_cuda, cell.seed)
 
 
 def timed_fit(plan: RunPlan, loader: DataLoader, epochs: int) -> tuple[float, Method]:

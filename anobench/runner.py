@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from anobench.backbones import BackboneConfig, validate_backbone
 from anobench.config import (
@@ -237,6 +237,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def ordered_loader(
+    dataset: Dataset, hardware_cfg: HardwareConfig, pin_memory: bool, seed: int
+) -> DataLoader:
+    """The images in index order, in evaluation batches (methods batch their training themselves).
+
+    Each iteration of a DataLoader draws a seed; this one draws it from its own generator, not
+    torch's global RNG, so a method's random stream does not depend on how often it read a loader.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=hardware_cfg.eval_batch_size,
+        shuffle=False,
+        num_workers=hardware_cfg.num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     """Train and evaluate one cell; write its maps, then its record (the record marks it done)."""
     started = _now()
@@ -250,11 +268,6 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     test_set = AnomalyDataset(
         index_split(plan.dataset_root, cell.category, "test"), image_size, resize, plan.progress
     )
-    loader_args = {
-        "batch_size": plan.hardware_cfg.eval_batch_size,
-        "num_workers": plan.hardware_cfg.num_workers,
-        "pin_memory": hardware.is_cuda,
-    }
     context = MethodContext(
         hardware=hardware,
         backbone=plan.backbone_cfg,
@@ -269,7 +282,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     method = create_method(cell.method, plan.method_cfg, context)
     hardware.reset_peak_memory()
     start = time.perf_counter()
-    method.fit(DataLoader(train_set, shuffle=False, **loader_args))
+    method.fit(ordered_loader(train_set, plan.hardware_cfg, hardware.is_cuda, cell.seed))
     hardware.synchronize()
     train_seconds = time.perf_counter() - start
     peak_train = hardware.peak_memory_bytes()
@@ -277,7 +290,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     hardware.reset_peak_memory()
     maps, image_scores, masks, labels, paths = [], [], [], [], []
     start = time.perf_counter()
-    for batch in DataLoader(test_set, shuffle=False, **loader_args):
+    for batch in ordered_loader(test_set, plan.hardware_cfg, hardware.is_cuda, cell.seed):
         scores = method.predict(batch["image"])
         maps.append(scores.anomaly_maps.float().cpu())
         image_scores.append(scores.image_scores.float().cpu())

@@ -108,3 +108,22 @@ def test_dry_run_projects_time_from_measured_epochs_and_writes_nothing(
     backbone = "vgg19.tv_in1k"
     for category in ("weave", "chip"):
         assert not cell_dir(tmp_path, category, "stmae", backbone=backbone).exists()
+
+
+def test_reading_images_leaves_the_global_torch_rng_alone() -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from anobench.config import HardwareConfig
+    from anobench.runner import ordered_loader
+
+    images = TensorDataset(torch.zeros(6, 3, 4, 4))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in range(2):
+        list(ordered_loader(images, HardwareConfig(eval_batch_size=4), False, seed=0))
+    assert torch.equal(torch.rand(3), expected)  # methods see the same stream with or without it
+    torch.manual_seed(0)
+    list(DataLoader(images, batch_size=4))
+    assert not torch.equal(torch.rand(3), expected)  # a plain loader draws a seed from it
