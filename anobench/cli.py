@@ -119,7 +119,7 @@ def _report(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from anobench.report import compare_command
+    from anobench.compare import compare_command
 
     return compare_command(ns)
 

@@ -1,4 +1,4 @@
-"""Results to paper-style tables (rich, Markdown, LaTeX) and a tidy CSV; compare two CSVs."""
+"""Results to paper-style tables (rich, Markdown, LaTeX) and a tidy CSV."""
 
 from __future__ import annotations
 
@@ -66,8 +66,6 @@ NOT_PUBLISHED = "n/p"
 TEXTURES_MEAN, OBJECTS_MEAN, MEAN = "Textures mean", "Objects mean", "Mean"
 # The classes a mean row of the published tables averages over.
 GROUP_CLASSES = {TEXTURES_MEAN: TEXTURES, OBJECTS_MEAN: OBJECTS, MEAN: MVTEC_CATEGORIES}
-# A difference of exactly the tolerance is not a regression, whatever the float rounding.
-_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ def load_published() -> pd.DataFrame:
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def _nan_to_none(value: float) -> float | None:
+def nan_to_none(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
@@ -171,7 +169,7 @@ def class_stat(values: pd.Series) -> Stat:
     """Mean and sample std (ddof=1) over seeds of one class; None entries are skipped."""
     values = values.dropna()
     std = values.std(ddof=1) if len(values) > 1 else None
-    return Stat(_nan_to_none(values.mean()) if len(values) else None, std, len(values))
+    return Stat(nan_to_none(values.mean()) if len(values) else None, std, len(values))
 
 
 def group_stat(values: pd.DataFrame, classes: Sequence[str]) -> Stat:
@@ -186,7 +184,7 @@ def group_stat(values: pd.DataFrame, classes: Sequence[str]) -> Stat:
     wide = values.pivot_table(index="seed", columns="category", values="value", aggfunc="mean")
     complete = wide.dropna()
     std = complete.mean(axis=1).std(ddof=1) if len(complete) > 1 else None
-    return Stat(float(mean), _nan_to_none(std) if std is not None else None, len(complete))
+    return Stat(float(mean), nan_to_none(std) if std is not None else None, len(complete))
 
 
 def row_layout(categories: Iterable[str]) -> list[_Row]:
@@ -386,7 +384,7 @@ def _max(values: pd.Series) -> float | None:
     return float(values.max()) if len(values) else None
 
 
-def _fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return MISSING if value is None else f"{value / scale:.{digits}f}"
 
 
@@ -397,22 +395,22 @@ def cost_table(frame: pd.DataFrame) -> TextTable | None:
         return None
     labels = model_labels(cells)
     quantities: list[tuple[str, Any]] = [
-        ("Params trainable (M)", lambda c: _fmt_number(_mean(c["params_trainable"]), 1e6, 2)),
-        ("Params total (M)", lambda c: _fmt_number(_mean(c["params_total"]), 1e6, 2)),
-        ("GFLOPs / image", lambda c: _fmt_number(_mean(c["gflops_per_image"]), 1, 2)),
-        ("Train time / class (s)", lambda c: _fmt_number(_mean(c["train_seconds"]))),
-        ("Train time, all cells (min)", lambda c: _fmt_number(_sum(c["train_seconds"]), 60)),
+        ("Params trainable (M)", lambda c: fmt_number(_mean(c["params_trainable"]), 1e6, 2)),
+        ("Params total (M)", lambda c: fmt_number(_mean(c["params_total"]), 1e6, 2)),
+        ("GFLOPs / image", lambda c: fmt_number(_mean(c["gflops_per_image"]), 1, 2)),
+        ("Train time / class (s)", lambda c: fmt_number(_mean(c["train_seconds"]))),
+        ("Train time, all cells (min)", lambda c: fmt_number(_sum(c["train_seconds"]), 60)),
         (
             "Peak GPU memory, train (GiB)",
-            lambda c: _fmt_number(_max(c["peak_gpu_memory_bytes_train"]), 2**30, 2),
+            lambda c: fmt_number(_max(c["peak_gpu_memory_bytes_train"]), 2**30, 2),
         ),
         (
             "Peak GPU memory, test (GiB)",
-            lambda c: _fmt_number(_max(c["peak_gpu_memory_bytes_test"]), 2**30, 2),
+            lambda c: fmt_number(_max(c["peak_gpu_memory_bytes_test"]), 2**30, 2),
         ),
-        ("Throughput (images/s)", lambda c: _fmt_number(_mean(c["test_images_per_second"]))),
-        ("Latency p50 (ms / image)", lambda c: _fmt_number(_mean(c["latency_ms_p50"]), 1, 2)),
-        ("Latency p95 (ms / image)", lambda c: _fmt_number(_mean(c["latency_ms_p95"]), 1, 2)),
+        ("Throughput (images/s)", lambda c: fmt_number(_mean(c["test_images_per_second"]))),
+        ("Latency p50 (ms / image)", lambda c: fmt_number(_mean(c["latency_ms_p50"]), 1, 2)),
+        ("Latency p95 (ms / image)", lambda c: fmt_number(_mean(c["latency_ms_p95"]), 1, 2)),
         ("Precision", lambda c: _joined(c["precision"])),
         ("Hardware", lambda c: _joined(c["device"])),
         ("Cells", lambda c: str(len(c))),
@@ -687,121 +685,3 @@ def report_command(ns: argparse.Namespace) -> int:
         figures = write_figures(results_dir, records, frame, out_dir / "figures", console)
         console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}")
     return 0
-
-
-# --- compare -------------------------------------------------------------------------------------
-
-
-def read_results_csv(path: Path) -> pd.DataFrame:
-    """A results.csv written by `anobench report`, checked for its key columns and duplicates."""
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError as err:
-        raise AnobenchError(
-            f"{path} does not exist; pass a results.csv of anobench report."
-        ) from err
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise AnobenchError(f"{path} is not a readable CSV ({err}); pass a results.csv.") from err
-    missing = [c for c in (*KEY_COLUMNS, "value") if c not in frame.columns]
-    if missing:
-        raise AnobenchError(
-            f"{path} lacks the column(s) {', '.join(missing)}; pass a results.csv written by "
-            "`anobench report`."
-        )
-    frame = frame.astype({c: str for c in KEY_COLUMNS if c != "seed"}).astype({"seed": int})
-    duplicated = frame.duplicated(subset=list(KEY_COLUMNS))
-    if duplicated.any():
-        first = frame[duplicated].iloc[0]
-        raise AnobenchError(
-            f"{path} holds cell {'/'.join(str(first[c]) for c in KEY_COLUMNS)} twice; "
-            "write it again with `anobench report`."
-        )
-    return frame
-
-
-def compare_frames(
-    baseline: pd.DataFrame, candidate: pd.DataFrame, tolerance: float
-) -> pd.DataFrame:
-    """Per cell: baseline and candidate in percent, delta in points and a status.
-
-    status: regressed (drop > tolerance), missing (in the baseline only, or no value any more),
-    improved (gain > tolerance), same (within the tolerance) or new (in the candidate only).
-    """
-    keys = list(KEY_COLUMNS)
-    merged = baseline[[*keys, "value"]].merge(
-        candidate[[*keys, "value"]], on=keys, how="outer", suffixes=("_b", "_c"), indicator=True
-    )
-    merged["baseline"] = merged.pop("value_b") * 100
-    merged["candidate"] = merged.pop("value_c") * 100
-    merged["delta"] = merged["candidate"] - merged["baseline"]
-    side = merged.pop("_merge")
-    has_b, has_c = merged["baseline"].notna(), merged["candidate"].notna()
-    status = pd.Series("same", index=merged.index)
-    status[merged["delta"] < -tolerance - _EPS] = "regressed"
-    status[merged["delta"] > tolerance + _EPS] = "improved"
-    status[(side == "both") & has_b & ~has_c] = "missing"
-    status[(side == "both") & ~has_b & has_c] = "new"
-    status[side == "left_only"] = "missing"
-    status[side == "right_only"] = "new"
-    merged["status"] = status
-    return sort_frame(merged)
-
-
-def compare_summary(diff: pd.DataFrame, tolerance: float) -> tuple[str, bool]:
-    """The one-line verdict for a CI log, and whether it passed."""
-    counts = diff["status"].value_counts()
-    n = {s: int(counts.get(s, 0)) for s in ("regressed", "missing", "improved", "same", "new")}
-    ok = n["regressed"] == 0 and n["missing"] == 0
-    compared = len(diff) - n["new"]
-    line = (
-        f"compare: {compared} cells, {n['regressed']} regressed, {n['missing']} missing, "
-        f"{n['improved']} improved, {n['new']} new (tolerance {tolerance:g} points) -> "
-        + ("OK" if ok else "FAIL")
-    )
-    return line, ok
-
-
-def _diff_table(diff: pd.DataFrame) -> Table:
-    table = Table(title="Changed cells (percent; Δ = candidate − baseline, points)")
-    for name in ("method", "backbone", "category", "seed", "metric"):
-        table.add_column(name)
-    for name in ("baseline", "candidate", "Δ", "status"):
-        table.add_column(name, justify="right")
-    styles = {"regressed": "bold red", "missing": "bold red", "improved": "green", "new": "cyan"}
-    for _, row in diff.iterrows():
-        values = [_fmt_number(_nan_to_none(row[c])) for c in ("baseline", "candidate")]
-        delta = MISSING if math.isnan(row["delta"]) else f"{row['delta']:+.2f}"
-        table.add_row(
-            *(str(row[c]) for c in ("method", "backbone", "category", "seed", "metric")),
-            *values,
-            delta,
-            Text(row["status"], style=styles.get(row["status"], "")),
-        )
-    return table
-
-
-def compare_command(ns: argparse.Namespace) -> int:
-    """`anobench compare`: 1 when a baseline cell dropped by more than the tolerance or is gone."""
-    if ns.tolerance < 0:
-        raise AnobenchError(f"--tolerance {ns.tolerance} is negative; give points >= 0, e.g. 0.5.")
-    baseline = read_results_csv(Path(ns.baseline))
-    candidate = read_results_csv(Path(ns.candidate))
-    if ns.metric:
-        known = set(METRIC_IDS) | set(baseline["metric"])
-        unknown = [m for m in ns.metric if m not in known]
-        if unknown:
-            raise AnobenchError(
-                f"--metric {unknown[0]} is not valid; use one of: {', '.join(METRIC_IDS)}."
-            )
-        baseline = baseline[baseline["metric"].isin(ns.metric)]
-        candidate = candidate[candidate["metric"].isin(ns.metric)]
-    diff = compare_frames(baseline, candidate, ns.tolerance)
-    console = Console()
-    shown = diff[(diff["status"] != "same") | (diff["delta"].abs() >= 0.005)]
-    if not shown.empty:
-        console.print(_diff_table(shown))
-    if len(shown) < len(diff):
-        console.print(f"{len(diff) - len(shown)} cells unchanged (|Δ| < 0.01 points), not shown")
-    line, ok = compare_summary(diff, ns.tolerance)
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
-    return 0 if ok else 1

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from anobench.cli import main
-from anobench.report import compare_frames, compare_summary
+from anobench.compare import compare_frames, compare_summary
 
 CELLS = [
     ("synthetic", "knn", "r18", category, seed, metric)
