@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +111,14 @@ class Hardware:
         if self.is_cuda:
             return self.amp_dtype or torch.float16
         return torch.float32
+
+    def optimizer(
+        self, cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any
+    ) -> torch.optim.Optimizer:
+        """`cls(params, **kwargs)`; Adam and AdamW are fused (one kernel per step) on CUDA."""
+        if self.is_cuda and cls in (torch.optim.Adam, torch.optim.AdamW):
+            kwargs.setdefault("fused", True)
+        return cls(params, **kwargs)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for network forwards; a no-op in fp32."""

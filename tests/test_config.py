@@ -85,21 +85,3 @@ def test_cfg_job_prints_composed_config(capsys, tmp_path) -> None:
     out = capsys.readouterr().out
     assert "name: knn" in out
     assert "resnet18.tv_in1k" in out
-
-
-def test_cpu_threads_sets_torch_threads_and_rejects_zero() -> None:
-    import torch
-
-    from anobench.config import hardware_config
-    from anobench.hardware import create_hardware
-
-    before = torch.get_num_threads()
-    try:
-        threads = hardware_config(compose_config("hardware=cpu", "hardware.cpu_threads=1"))
-        create_hardware(threads.device, cpu_threads=threads.cpu_threads)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    assert hardware_config(compose_config()).cpu_threads is None  # torch's default is kept
-    with pytest.raises(AnobenchError, match="hardware.cpu_threads=0 must be positive"):
-        hardware_config(compose_config("hardware.cpu_threads=0"))

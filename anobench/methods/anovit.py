@@ -305,7 +305,9 @@ class AnoViT:
             return [train_idx[self.hw.to_device(b)] for b in order]
 
         params = [p for p in network.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        optimizer = self.hw.optimizer(
+            torch.optim.Adam, params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)
+        )
         stopper = EarlyStopping(network, validate, cfg.patience)
         history = train(
             network,

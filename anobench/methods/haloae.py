@@ -355,8 +355,8 @@ class HaloAE:
     def fit(self, train: DataLoader) -> None:
         cfg = self.cfg
         self.train_images = self.hw.to_device(torch.cat([b["image"] for b in train]))
-        optimizer = torch.optim.Adam(
-            self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        optimizer = self.hw.optimizer(
+            torch.optim.Adam, self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         training.train(
             self.net,

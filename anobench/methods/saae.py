@@ -317,7 +317,9 @@ class SAAE:
                 reconstruction = self._forward(target)
             return F.mse_loss(reconstruction.float(), target)
 
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0)
+        optimizer = self.hw.optimizer(
+            torch.optim.Adam, self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0
+        )
         train(
             self.model,
             optimizer,

@@ -316,8 +316,8 @@ class STMAE:
             index, order = batch
             return self.loss(features[index], order, net)
 
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        optimizer = self.hw.optimizer(
+            torch.optim.AdamW, self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.history = train(
             self.model,
