@@ -188,9 +188,15 @@ def main() -> None:
     ]
     footer = [
         "",
-        f"Projected total for the 4 methods x 15 classes: **{total_hours:.2f} GPU hours** "
-        "(optimised per-epoch time scaled to a 242-image class; AnoViT at its 200-epoch cap, "
-        "early stopping usually ends it sooner).",
+        f"Projected total for the {len(rows)} methods x 15 classes: **{total_hours:.2f} hours "
+        f"on this {'GPU' if on_gpu else 'CPU'}** (optimised per-epoch time scaled to a 242-image "
+        "class and the paper's epochs; AnoViT at its 200-epoch cap, early stopping usually ends "
+        "it sooner)."
+        + (
+            ""
+            if size == "paper"
+            else " Demo-size networks and inputs: the ratios are the point, not this total."
+        ),
     ]
     text = "\n".join(header + rows + footer) + "\n"
     publish(text, args.out)
