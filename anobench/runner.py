@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -213,7 +214,7 @@ def _record_failure(cell: Cell, plan: RunPlan, err: BaseException, message: str)
         {
             "schema": SCHEMA_VERSION,
             "status": "failed",
-            **_cell_fields(cell),
+            **dataclasses.asdict(cell),
             "error": message,
             "error_type": type(err).__name__,
             "traceback": traceback.format_exception(err),
@@ -221,16 +222,6 @@ def _record_failure(cell: Cell, plan: RunPlan, err: BaseException, message: str)
             "config": plan.resolved_config,
         },
     )
-
-
-def _cell_fields(cell: Cell) -> dict[str, Any]:
-    return {
-        "dataset": cell.dataset,
-        "method": cell.method,
-        "backbone": cell.backbone,
-        "category": cell.category,
-        "seed": cell.seed,
-    }
 
 
 def _now() -> str:
@@ -319,7 +310,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     record = {
         "schema": SCHEMA_VERSION,
         "status": "done",
-        **_cell_fields(cell),
+        **dataclasses.asdict(cell),
         "metrics": metrics,
         "cost": {
             "params_trainable": trainable,

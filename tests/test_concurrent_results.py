@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -31,11 +32,7 @@ FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
 def _record(writer: int, index: int) -> dict:
     cell = Cell("synthetic", f"method{writer}", "backbone", f"class{index}", 0)
     return {
-        "dataset": cell.dataset,
-        "method": cell.method,
-        "backbone": cell.backbone,
-        "category": cell.category,
-        "seed": cell.seed,
+        **dataclasses.asdict(cell),
         "metrics": {"image_auroc": index / RECORDS},
         "payload": str(writer) * PAYLOAD,
     }
