@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from anobench.cli import main
 from anobench.config import CONF_DIR, register_configs
 
 TINY_DATA = [
@@ -50,8 +51,6 @@ def read_metrics(tmp_path: Path, category: str, **kwargs: object) -> dict:
 
 def run_demo_cell(tmp_path: Path, method: str, category: str, *overrides: str) -> dict:
     """Run one `experiment=demo` cell of `method` under tmp_path; return its metrics record."""
-    from anobench.cli import main
-
     code = main(
         [
             "run",
