@@ -94,7 +94,7 @@ def test_config_composes_with_paper_values() -> None:
     assert list(cfg.backbone.layers) == ["features.3", "features.8", "features.17", "features.26"]
     assert cfg.backbone.padding_mode == "zeros" and cfg.backbone.pretrained
     demo_method = method_config(demo)
-    assert demo_method.image_size < 256 and demo_method.epochs < 400
+    assert demo_method.image_size < 256 and demo_method.embed_dim < 768
     assert not demo.backbone.pretrained
 
 
