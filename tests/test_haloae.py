@@ -382,3 +382,13 @@ def test_short_demo_run_detects_obvious_defects(tmp_path: Path) -> None:
     # The real synthetic classes are much subtler: bench/results/demo_cpu.md has the demo numbers.
     assert record["metrics"]["image_auroc"] > 0.8
     assert record["metrics"]["pixel_auroc"] > 0.65
+
+
+def test_ssim_is_float32_exact_under_bfloat16_autocast() -> None:
+    # variances are differences of filtered squares: a low-precision filter would cancel badly
+    torch.manual_seed(0)
+    a = 5.0 + 0.01 * torch.rand(2, 8, 13, 16)  # large mean, tiny variance
+    b = a + 0.001 * torch.randn_like(a)
+    exact = ssim(a.double(), b.double()).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ssim(a, b).item() == pytest.approx(exact, abs=1e-5)

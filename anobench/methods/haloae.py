@@ -147,19 +147,32 @@ def loss_weights(epoch: int, schedules: list[list[float]]) -> list[float]:
     return [w / total for w in raw]
 
 
-def _gaussian_filter(maps: Tensor, taps: list[float]) -> Tensor:
-    """Separable zero-padded filter as shifted sums (elementwise: float32 even under autocast)."""
-    pad, (height, width) = len(taps) // 2, maps.shape[-2:]
-    padded = F.pad(maps, (pad, pad, 0, 0))
-    maps = sum(t * padded[..., :, i : i + width] for i, t in enumerate(taps))
-    padded = F.pad(maps, (0, 0, pad, pad))
-    return sum(t * padded[..., i : i + height, :] for i, t in enumerate(taps))
+def _band_matrix(taps: Tensor, size: int) -> Tensor:
+    """[size, size] matrix M with (x @ M)[j] = sum_k taps[k] x[j + k - r], zeros outside."""
+    radius = len(taps) // 2
+    offsets = torch.arange(size, device=taps.device)
+    offsets = offsets[:, None] - offsets[None, :] + radius  # row i (input), column j (output)
+    inside = (offsets >= 0) & (offsets < len(taps))
+    return torch.where(inside, taps[offsets.clamp(0, len(taps) - 1)], torch.zeros_like(taps[0]))
+
+
+def _gaussian_filter(maps: Tensor, taps: Tensor) -> Tensor:
+    """Separable zero-padded filter of [..., H, W] maps as two banded matrix products.
+
+    In float64: exact whatever TF32/autocast settings are on (SSIM's variances are differences of
+    filtered squares), and still ~3x faster than 2 x 11 shifted sums on a CPU (bench/results).
+    """
+    taps = taps.to(device=maps.device, dtype=torch.float64)
+    height, width = maps.shape[-2:]
+    with torch.autocast(maps.device.type, enabled=False):
+        filtered = _band_matrix(taps, height).T @ (maps.double() @ _band_matrix(taps, width))
+    return filtered.to(maps.dtype)
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of [B, C, H, W] maps: Gaussian window, C1=0.01^2, C2=0.03^2, zero padding."""
     a, b = a.float(), b.float()
-    taps = gaussian_kernel1d(sigma, window).tolist()
+    taps = gaussian_kernel1d(sigma, window)
     mu_a, mu_b, aa, bb, ab = _gaussian_filter(torch.stack([a, b, a * a, b * b, a * b]), taps)
     var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
