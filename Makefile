@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install run demo-all test lint bench bench-metrics clean
+.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -38,6 +38,9 @@ lint: $(STAMP)  ## ruff
 
 bench-metrics: $(STAMP)  ## metrics: fast AUPRO vs the brute-force definition
 	$(PY) bench/metrics.py
+
+bench-ssim: $(STAMP)  ## HaloAE SSIM: banded-matrix window vs shifted sums (DEVICE=cuda on a GPU)
+	$(PY) bench/ssim.py --device $(or $(DEVICE),cpu)
 
 bench: $(STAMP)  ## speed: naive vs optimised training per method, side by side
 	$(PY) bench/speed.py
