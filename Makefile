@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim clean
+.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -41,6 +41,9 @@ bench-metrics: $(STAMP)  ## metrics: fast AUPRO vs the brute-force definition
 
 bench-ssim: $(STAMP)  ## HaloAE SSIM: banded-matrix window vs shifted sums (DEVICE=cuda on a GPU)
 	$(PY) bench/ssim.py --device $(or $(DEVICE),cpu)
+
+bench-flops: $(STAMP)  ## FLOPs of each paper schedule and the H100-hours they need at its peak
+	$(PY) bench/flops.py
 
 bench: $(STAMP)  ## speed: naive vs optimised training per method, side by side
 	$(PY) bench/speed.py

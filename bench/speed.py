@@ -43,7 +43,16 @@ FIXED_EPOCH_METHODS = {"haloae"}  # one epoch = a fixed sample count, whatever t
 SHORTENED_EPOCHS = {"haloae": ("method.samples_per_epoch=600", 3000 / 600)}
 
 
-def _plan(method: str, size: str, mode: str, n_train: int, tmp: Path, on_gpu: bool) -> RunPlan:
+def bench_plan(
+    method: str,
+    size: str,
+    mode: str,
+    n_train: int,
+    tmp: Path,
+    on_gpu: bool,
+    extra: tuple[str, ...] = (),
+) -> RunPlan:
+    """A dry-run plan of one synthetic cell: demo or paper size, naive or optimised hardware."""
     overrides = [
         f"method={method}",
         "dataset=synthetic",
@@ -62,6 +71,7 @@ def _plan(method: str, size: str, mode: str, n_train: int, tmp: Path, on_gpu: bo
         overrides += ["dataset.synthetic.image_size=256"]
     if method in SHORTENED_EPOCHS:
         overrides.append(SHORTENED_EPOCHS[method][0])
+    overrides += list(extra)
     if mode == "naive":
         overrides += ["hardware.cache_features=false", "hardware.precision=fp32"]
         overrides += ["hardware.device=cuda" if on_gpu else "hardware.device=cpu"]
@@ -149,10 +159,10 @@ def main() -> None:
     device = None
     total_hours = 0.0
     for method in args.methods.split(","):
-        naive_plan = _plan(method, size, "naive", args.n_train, tmp, on_gpu)
-        fast_plan = _plan(method, size, "optimised", args.n_train, tmp, on_gpu)
-        paper_epochs = _plan(method, "paper", "optimised", args.n_train, tmp, on_gpu).method_cfg
-        paper_epochs = int(getattr(paper_epochs, "epochs", 1))
+        naive_plan = bench_plan(method, size, "naive", args.n_train, tmp, on_gpu)
+        fast_plan = bench_plan(method, size, "optimised", args.n_train, tmp, on_gpu)
+        paper_cfg = bench_plan(method, "paper", "optimised", args.n_train, tmp, on_gpu).method_cfg
+        paper_epochs = int(getattr(paper_cfg, "epochs", 1))
         device = fast_plan.hardware.describe()
         naive = measure(naive_plan, args.epochs)
         fast = measure(fast_plan, args.epochs)
