@@ -21,7 +21,7 @@ from anobench.errors import AnobenchError, require_positive
 from anobench.methods.base import MethodContext, Scores, register
 from anobench.methods.cutpaste import color_jitter, cutpaste_3way
 from anobench.methods.halo_attention import HaloAttention
-from anobench.methods.ops import gaussian_blur, imagenet_normalize, resize_maps
+from anobench.methods.ops import gaussian_blur, gaussian_kernel1d, imagenet_normalize, resize_maps
 
 FEATURE_STRIDE = 4  # maps are resized to the image size, then averaged over 4x4 blocks
 STEM_KERNEL = 5  # unpadded: 64 -> 60
@@ -147,17 +147,13 @@ def loss_weights(epoch: int, schedules: list[list[float]]) -> list[float]:
     return [w / total for w in raw]
 
 
-def _gaussian_band(size: int, window: int, sigma: float, device: torch.device) -> Tensor:
-    """[size, size] float64 M with (x @ M)[j] = sum_i g(i - j) x[i]: a zero-padded Gaussian filter.
-
-    g is the normalised window of `window` taps; built on the device (no host copy per step).
-    """
-    radius = window // 2
-    norm = sum(math.exp(-(k**2) / (2 * sigma**2)) for k in range(-radius, radius + 1))
-    position = torch.arange(size, device=device, dtype=torch.float64)
-    offset = position[:, None] - position[None, :]
-    weights = torch.exp(-(offset**2) / (2 * sigma**2)) / norm
-    return torch.where(offset.abs() <= radius, weights, torch.zeros_like(weights))
+def _band_matrix(taps: Tensor, size: int) -> Tensor:
+    """[size, size] M with (x @ M)[j] = sum_k taps[k] x[j + k - r]: a zero-padded 1-D filter."""
+    radius = len(taps) // 2
+    position = torch.arange(size, device=taps.device)
+    offset = position[:, None] - position[None, :] + radius  # row: input i, column: output j
+    inside = (offset >= 0) & (offset < len(taps))
+    return torch.where(inside, taps[offset.clamp(0, len(taps) - 1)], 0.0)
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
@@ -169,8 +165,10 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """
     a, b = a.float(), b.float()
     height, width = a.shape[-2:]
-    rows = _gaussian_band(height, window, sigma, a.device)
-    cols = rows if width == height else _gaussian_band(width, window, sigma, a.device)
+    # taps built on the device: no host-to-device copy per training step
+    taps = gaussian_kernel1d(sigma, window, device=a.device, dtype=torch.float64)
+    rows = _band_matrix(taps, height)
+    cols = rows if width == height else _band_matrix(taps, width)
     with torch.autocast(a.device.type, enabled=False):
         stacked = torch.stack([a, b, a * a, b * b, a * b]).double()
         mu_a, mu_b, aa, bb, ab = (rows.T @ stacked @ cols).float()

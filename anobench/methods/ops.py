@@ -24,12 +24,16 @@ def imagenet_normalize(images: Tensor) -> Tensor:
 
 
 def gaussian_kernel1d(
-    sigma: float, kernel_size: int | None = None, truncate: float = 4.0
+    sigma: float,
+    kernel_size: int | None = None,
+    truncate: float = 4.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """A normalised 1-D Gaussian; size 2*round(truncate*sigma)+1 unless given (scipy's rule)."""
     if kernel_size is None:
         kernel_size = 2 * int(truncate * sigma + 0.5) + 1
-    x = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
+    x = torch.arange(kernel_size, dtype=dtype, device=device) - (kernel_size - 1) / 2
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     return kernel / kernel.sum()
 
@@ -40,7 +44,7 @@ def gaussian_blur(
     """Separable Gaussian blur of maps [B, H, W] (float32), same size out."""
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel1d(sigma, kernel_size).to(maps.device)
+    kernel = gaussian_kernel1d(sigma, kernel_size, device=maps.device)
     size = kernel.numel()
     pad = size // 2
     out = maps.float().unsqueeze(1)
