@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -22,6 +24,7 @@ from anobench.methods.anovit import (
     EarlyStopping,
     LectureDecoder,
     channel_stats,
+    image_score,
     split_indices,
 )
 from anobench.training import train
@@ -179,6 +182,29 @@ def test_full_model_shapes_at_small_size() -> None:
     method.cfg.image_score = "max_blurred"
     blurred = method.predict(images)
     assert torch.equal(blurred.image_scores, blurred.anomaly_maps.amax(dim=(1, 2)))
+
+
+def test_image_score_rules_on_a_hand_made_error() -> None:
+    squared = torch.zeros(1, 3, 4, 4)  # [B, 3, S, S] squared error
+    squared[0, 0, 0, 0] = 0.9  # one channel far off at one pixel (RGB mean 0.3)
+    squared[0, :, 2, 2] = 0.4  # every channel a little off at another (RGB mean 0.4)
+    blurred = torch.full((1, 4, 4), 0.1)
+    # the 2024 notebook's test(): max over channels AND pixels
+    assert image_score(squared, blurred, "max").tolist() == [pytest.approx(0.9)]
+    assert image_score(squared, blurred, "max_rgb_mean").tolist() == [pytest.approx(0.4)]
+    assert image_score(squared, blurred, "max_blurred").tolist() == [pytest.approx(0.1)]
+
+
+def test_scores_follow_the_2024_notebook_on_the_real_network() -> None:
+    method = AnoViT(AnoViTConfig(image_size=32), _context(depth=1))
+    images = _textures(2, 32)
+    scores = method.predict(images)  # not fitted: mean 0, std 1, so the inputs are the images
+    with torch.no_grad():
+        squared = (method.model(images) - images).pow(2).numpy()  # [2, 3, 32, 32]
+    # scipy.ndimage.gaussian_filter(error, sigma=6) with its default border `reflect`
+    expected = np.stack([ndimage.gaussian_filter(e, 6.0) for e in squared.mean(axis=1)])
+    np.testing.assert_allclose(scores.anomaly_maps.numpy(), expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(scores.image_scores.numpy(), squared.max(axis=(1, 2, 3)), rtol=1e-6)
 
 
 # --- training -------------------------------------------------------------------------------

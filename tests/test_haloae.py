@@ -73,7 +73,7 @@ def test_config_composes_with_paper_values() -> None:
     assert method.image_decoder_channels == [380, 190, 95, 47, 23, 3, 3]
     assert (method.epochs, method.samples_per_epoch, method.batch_size) == (251, 3000, 4)
     assert (method.lr, method.weight_decay) == (1e-4, 1e-5)
-    assert (method.blur_sigma, method.blur_size, method.image_score) == (0.8, 3, "mean")
+    assert (method.blur_sigma, method.blur_size, method.image_score) == (0.0, 3, "mean")
     assert method.halo_mask_compat is False and method.vgg_border_compat is False
     assert cfg.backbone.name == "vgg19.tv_in1k" and cfg.backbone.padding_mode == "reflect"
     assert list(cfg.backbone.layers) == ["features.1", "features.6", "features.11", "features.17"]

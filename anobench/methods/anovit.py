@@ -27,7 +27,7 @@ from anobench.methods.ops import gaussian_blur
 from anobench.training import index_batches, train
 
 DECODERS = ("bundle", "lecture2024")
-IMAGE_SCORES = ("max", "max_blurred")
+IMAGE_SCORES = ("max", "max_rgb_mean", "max_blurred")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class AnoViTConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     blur_sigma: float = 6.0  # Gaussian blur of the pixel map
-    image_score: str = "max"  # max of the raw per-pixel error | max_blurred: of the blurred map
+    image_score: str = "max"  # raw error, max over channels and pixels | max_rgb_mean | max_blurred
 
     def __post_init__(self) -> None:
         require_positive(
@@ -214,6 +214,19 @@ def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
+def image_score(squared: Tensor, maps: Tensor, rule: str) -> Tensor:
+    """Image scores [B] from the squared error [B, 3, S, S] and the blurred map [B, S, S].
+
+    max: the 2024 notebook's test() (its image AUROC), the max over channels AND pixels of the raw
+    error; max_rgb_mean: the max of the raw RGB-mean error; max_blurred: the max of the map.
+    """
+    if rule == "max":
+        return squared.amax(dim=(1, 2, 3))
+    if rule == "max_rgb_mean":
+        return squared.mean(dim=1).amax(dim=(1, 2))
+    return maps.amax(dim=(1, 2))
+
+
 @register("anovit", AnoViTConfig)
 class AnoViT:
     """Reconstruct (standardised) images; pixel map = blurred squared error, image score = max."""
@@ -333,7 +346,11 @@ class AnoViT:
         inputs = self.standardize(images)  # [B, 3, S, S]
         with self.hw.autocast():
             recon = self.model(inputs)
-        error = (recon.float() - inputs).pow(2).mean(dim=1)  # [B, S, S]
-        maps = gaussian_blur(error, self.cfg.blur_sigma)
-        source = error if self.cfg.image_score == "max" else maps
-        return Scores(anomaly_maps=maps, image_scores=source.amax(dim=(1, 2)))
+        squared = (recon.float() - inputs).pow(2)  # [B, 3, S, S]
+        error = squared.mean(dim=1)  # [B, S, S]
+        # 2024 notebook: scipy.ndimage.gaussian_filter(error, sigma=6), whose default border
+        # `reflect` repeats the edge pixel (torch's `reflect` does not: that is scipy's `mirror`)
+        maps = gaussian_blur(error, self.cfg.blur_sigma, padding_mode="symmetric")
+        return Scores(
+            anomaly_maps=maps, image_scores=image_score(squared, maps, self.cfg.image_score)
+        )

@@ -21,7 +21,13 @@ from anobench.errors import AnobenchError, require_positive
 from anobench.methods.base import MethodContext, Scores, register
 from anobench.methods.cutpaste import color_jitter, cutpaste_3way
 from anobench.methods.halo_attention import HaloAttention
-from anobench.methods.ops import gaussian_blur, gaussian_kernel1d, imagenet_normalize, resize_maps
+from anobench.methods.ops import (
+    gaussian_kernel1d,
+    imagenet_normalize,
+    opencv_gaussian_kernel1d,
+    resize_maps,
+    separable_blur,
+)
 
 FEATURE_STRIDE = 4  # maps are resized to the image size, then averaged over 4x4 blocks
 STEM_KERNEL = 5  # unpadded: 64 -> 60
@@ -61,8 +67,8 @@ class HaloAEConfig:
     batch_size: int = 4
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    blur_sigma: float = 0.8
-    blur_size: int = 3
+    blur_sigma: float = 0.0  # cv2.GaussianBlur's sigma: <= 0 derives the taps from blur_size
+    blur_size: int = 3  # 1 = no blur
     image_score: str = "mean"
 
     def __post_init__(self) -> None:
@@ -126,6 +132,8 @@ class HaloAEConfig:
                 "method.color_jitter, patch_jitter, weight_decay and blur_sigma "
                 "must not be negative."
             )
+        if self.blur_size % 2 == 0:
+            raise AnobenchError(f"method.blur_size={self.blur_size} must be odd (1 = no blur).")
         if self.image_score not in ("mean", "max"):
             raise AnobenchError(f"method.image_score={self.image_score!r} must be mean or max.")
 
@@ -271,11 +279,14 @@ class HaloAENet(nn.Module):
         self.decoder = nn.Sequential(*decoder)
         self.image_decoder = image_decoder(feature_channels, cfg.image_decoder_channels)
         self.classifier = nn.Linear(3 * cfg.image_size**2, 2)
-        for module in self.modules():  # HaloAE.py: initialize_weights
-            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-                nn.init.kaiming_normal_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        # HaloAE.py: initialize_weights(halonetE, HalonetD) re-initialises the autoencoder and the
+        # image decoder; the Cut&Paste classifier (`self.out`) keeps PyTorch's default init
+        for part in (self.stem, self.encoder, self.decoder, self.image_decoder):
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+                    nn.init.kaiming_normal_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """features [B, C, s, s] -> (logits [B, 2], features [B, C, s, s], image [B, 3, S, S])."""
@@ -402,7 +413,9 @@ class HaloAE:
             raise RuntimeError("HaloAE.predict called before fit")
         self.net.eval()
         maps = (self.feature_error(images) - self.mean_error).abs()
-        maps = gaussian_blur(maps, self.cfg.blur_sigma, kernel_size=self.cfg.blur_size)
+        # scores.py: cv2.GaussianBlur(map, (3, 3), 0): OpenCV's taps and border (BORDER_REFLECT_101)
+        taps = opencv_gaussian_kernel1d(self.cfg.blur_size, self.cfg.blur_sigma, maps.device)
+        maps = separable_blur(maps, taps, padding_mode="reflect")
         image_scores = (
             maps.mean(dim=(1, 2)) if self.cfg.image_score == "mean" else maps.amax(dim=(1, 2))
         )

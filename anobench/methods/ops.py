@@ -38,25 +38,80 @@ def gaussian_kernel1d(
     return kernel / kernel.sum()
 
 
+# OpenCV's getGaussianKernel: for sigma <= 0 and these sizes it returns fixed taps, not a
+# sampled Gaussian (OpenCV 4's table; OpenCV 5 adds one for size 9)
+OPENCV_SMALL_KERNELS: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    3: (0.25, 0.5, 0.25),
+    5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+    7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
+}
+PADDING_MODES = ("reflect", "symmetric", "replicate", "zeros")
+
+
+def opencv_gaussian_kernel1d(
+    kernel_size: int, sigma: float = 0.0, device: torch.device | str | None = None
+) -> Tensor:
+    """The taps of cv2.getGaussianKernel(kernel_size, sigma), which cv2.GaussianBlur uses.
+
+    sigma <= 0: the fixed taps above for sizes 1-7, else sigma = 0.3 * ((size - 1) / 2 - 1) + 0.8.
+    """
+    if sigma <= 0 and kernel_size in OPENCV_SMALL_KERNELS:
+        return torch.tensor(OPENCV_SMALL_KERNELS[kernel_size], device=device)
+    if sigma <= 0:
+        sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+    return gaussian_kernel1d(sigma, kernel_size, device=device)
+
+
+def _symmetric_index(size: int, pad: int, device: torch.device) -> Tensor:
+    """Indices of a length-`size` axis padded by `pad` as scipy's `reflect` (d c b a | a b c d)."""
+    index = torch.arange(-pad, size + pad, device=device).remainder(2 * size)
+    return torch.where(index < size, index, 2 * size - 1 - index)
+
+
+def pad_maps(maps: Tensor, pad: int, padding_mode: str) -> Tensor:
+    """Pad the last two axes of [B, 1, H, W] by `pad` on every side.
+
+    Modes: `reflect` = torch's and OpenCV's BORDER_REFLECT_101 = scipy's `mirror` (d c b | a b c d),
+    `symmetric` = scipy's `reflect` (d c b a | a b c d, the edge pixel repeated), `replicate`,
+    `zeros`. `reflect` needs pad < size; smaller maps fall back to `replicate`.
+    """
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode {padding_mode!r} is not one of {PADDING_MODES}")
+    if pad == 0:
+        return maps
+    if padding_mode == "symmetric":
+        rows = _symmetric_index(maps.shape[-2], pad, maps.device)
+        cols = _symmetric_index(maps.shape[-1], pad, maps.device)
+        return maps.index_select(-2, rows).index_select(-1, cols)
+    if padding_mode == "zeros":
+        return F.pad(maps, (pad, pad, pad, pad))
+    mode = padding_mode if min(maps.shape[-2:]) > pad else "replicate"
+    return F.pad(maps, (pad, pad, pad, pad), mode=mode)
+
+
+def separable_blur(maps: Tensor, taps: Tensor, padding_mode: str = "reflect") -> Tensor:
+    """Filter maps [B, H, W] with the 1-D `taps` along rows and columns; float32, same size out."""
+    size = taps.numel()
+    out = pad_maps(maps.float().unsqueeze(1), size // 2, padding_mode)
+    taps = taps.to(device=out.device, dtype=out.dtype)
+    out = F.conv2d(out, taps.view(1, 1, 1, size))
+    out = F.conv2d(out, taps.view(1, 1, size, 1))
+    return out.squeeze(1)
+
+
 def gaussian_blur(
     maps: Tensor, sigma: float, kernel_size: int | None = None, padding_mode: str = "reflect"
 ) -> Tensor:
-    """Separable Gaussian blur of maps [B, H, W] (float32), same size out."""
+    """Separable Gaussian blur of maps [B, H, W] (float32), same size out; sigma <= 0: unchanged.
+
+    The kernel has scipy's size 2 * round(4 sigma) + 1 unless given; see pad_maps for the borders.
+    """
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel1d(sigma, kernel_size, device=maps.device)
-    size = kernel.numel()
-    pad = size // 2
-    out = maps.float().unsqueeze(1)
-    # reflect padding needs pad < size; fall back to replicate for tiny maps
-    mode = padding_mode if min(out.shape[-2:]) > pad else "replicate"
-    if mode == "zeros":
-        out = F.pad(out, (pad, pad, pad, pad))
-    else:
-        out = F.pad(out, (pad, pad, pad, pad), mode=mode)
-    out = F.conv2d(out, kernel.view(1, 1, 1, size))
-    out = F.conv2d(out, kernel.view(1, 1, size, 1))
-    return out.squeeze(1)
+    return separable_blur(
+        maps, gaussian_kernel1d(sigma, kernel_size, device=maps.device), padding_mode
+    )
 
 
 def resize_maps(
