@@ -25,6 +25,7 @@ class BackboneConfig:
     weights: str | None = None  # local checkpoint file; wins over the hub
     padding_mode: str = "zeros"  # "reflect" rewrites every Conv2d (HaloAE's VGG)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model args
+    layer_norm_eps: float | None = None  # set the eps of every LayerNorm (null: the model's own)
 
 
 class _StopForward(Exception):
@@ -151,7 +152,23 @@ def create_model(cfg: BackboneConfig, image_size: int | None = None) -> nn.Modul
         for module in model.modules():
             if isinstance(module, nn.Conv2d) and module.padding != (0, 0):
                 module.padding_mode = cfg.padding_mode
+    if cfg.layer_norm_eps is not None:
+        set_layer_norm_eps(model, cfg.layer_norm_eps)
     return model
+
+
+def set_layer_norm_eps(model: nn.Module, eps: float) -> None:
+    """Give every LayerNorm of the model this eps (timm's ViTs use 1e-6, PyTorch's default 1e-5)."""
+    if not eps > 0:
+        raise AnobenchError(f"backbone.layer_norm_eps={eps} must be positive (or null).")
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    if not norms:
+        raise AnobenchError(
+            f"backbone.layer_norm_eps={eps} is set but the model has no LayerNorm; "
+            "set it to null for this backbone."
+        )
+    for norm in norms:
+        norm.eps = eps
 
 
 def validate_backbone(cfg: BackboneConfig, image_size: int | None = None) -> None:

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from sklearn.decomposition import PCA
 from torch.utils.data import DataLoader, Dataset
 
-from anobench.backbones import BackboneConfig
+from anobench.backbones import BackboneConfig, create_model
 from anobench.config import CONF_DIR, backbone_config, method_config
 from anobench.errors import AnobenchError
 from anobench.hardware import create_hardware
@@ -46,7 +46,12 @@ def _yaml_backbone(**changes: object) -> BackboneConfig:
     """The shipped backbone YAML (dropout rates included) with random weights."""
     node = OmegaConf.load(CONF_DIR / "backbone" / "vit_base_patch16_384_orig.yaml")
     kwargs = dict(OmegaConf.to_container(node.model_kwargs))  # type: ignore[arg-type]
-    values = {"name": node.name, "layers": list(node.layers), "model_kwargs": kwargs}
+    values = {
+        "name": node.name,
+        "layers": list(node.layers),
+        "model_kwargs": kwargs,
+        "layer_norm_eps": node.layer_norm_eps,
+    }
     return BackboneConfig(**{**values, "pretrained": False, **changes})  # type: ignore[arg-type]
 
 
@@ -167,6 +172,25 @@ def test_patch_tokens_are_taken_before_the_position_embedding(vit_b_method) -> N
     as_tokens = hooked.flatten(2).transpose(1, 2)
     torch.testing.assert_close(as_tokens, embedded)
     assert (as_tokens - with_position).abs().max() > 1e-3
+
+
+def test_vit_layer_norms_have_the_eps_of_the_authors_vit(vit_b_method) -> None:
+    # src/vit.py builds nn.LayerNorm with PyTorch's default eps 1e-5; timm's ViT uses 1e-6
+    assert backbone_config(compose_config("method=saae")).layer_norm_eps == 1e-5
+    model = vit_b_method.extractor.model
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 25 and {m.eps for m in norms} == {1e-5}  # 2 per block + final
+    tokens = 1e-3 * torch.randn(1, 577, 768)  # small activations: eps matters
+    norm = model.blocks[0].norm1
+    expected = F.layer_norm(tokens, (768,), norm.weight, norm.bias, eps=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(tokens), expected)
+        assert (norm(tokens) - F.layer_norm(tokens, (768,), eps=1e-6)).abs().max() > 1e-3
+    # AnoViT's code builds its ViT with timm, so its backbone keeps timm's 1e-6
+    anovit = backbone_config(compose_config("method=anovit"))
+    with torch.device("meta"):
+        vit = create_model(BackboneConfig(**{**vars(anovit), "pretrained": False}), 384)
+    assert {m.eps for m in vit.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
 
 
 def test_other_vit_gives_five_times_its_width() -> None:

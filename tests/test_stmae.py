@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +23,13 @@ from anobench.methods import MethodContext, create_method
 from anobench.methods.ops import gaussian_blur, resize_maps
 from anobench.methods.stmae import (
     STMAE,
+    SharedNormStack,
     SiameseTransitionMAE,
     STMAEConfig,
     anomaly_map,
     epoch_batches,
     random_split,
+    score_maps,
     stmae_loss,
 )
 from anobench.training import train
@@ -284,6 +287,56 @@ def test_anomaly_map_is_mse_times_cosine_distance() -> None:
     assert torch.equal(anomaly_map(target, target), torch.zeros(2, 4, 4))
 
 
+def test_image_score_is_the_max_of_the_blurred_feature_map() -> None:
+    maps = torch.zeros(1, 16, 16)
+    maps[0, 8, 8] = 1.0  # one hot position, away from the borders
+    scores = score_maps(maps, blur_sigma=4.0, blur_kernel=7, image_size=64)
+    # the 7-tap sigma-4 Gaussian's centre weight, squared (separable blur of an impulse)
+    centre = 1 / sum(math.exp(-(x**2) / 32) for x in range(-3, 4))
+    assert scores.image_scores.item() == pytest.approx(centre**2, rel=1e-6)
+    assert scores.anomaly_maps.shape == (1, 64, 64)
+    assert scores.anomaly_maps.max() < scores.image_scores.max()  # bilinear misses the peak
+
+
+def test_transformer_blocks_use_pytorch_layer_norm_eps() -> None:
+    net = SiameseTransitionMAE.from_config(12, replace(TINY, depth=2, decoder_depth=2))
+    norms = [m for m in net.modules() if isinstance(m, nn.LayerNorm)]
+    # 2 per block x (2 + 2 blocks), the embedding norm and the two final norms
+    assert len(norms) == 11
+    assert {m.eps for m in norms} == {1e-5}  # the public code's nn.LayerNorm (timm's: 1e-6)
+    assert all(block.attn.qkv.bias is not None for block in net.encoder)
+
+
+def _public_stack_reference(stack: SharedNormStack, x: torch.Tensor) -> torch.Tensor:
+    """The public code's VisionTransformerEncoder loop, written out (one self.layer_norm)."""
+    for block in stack.blocks:
+        attn = block.attn
+        heads = attn.num_heads
+        q, k, v = attn.qkv(stack.norm(x)).chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        weights = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+        x = x + attn.proj((weights @ v).transpose(1, 2).flatten(2))
+        x = x + block.mlp.fc2(torch.nn.functional.gelu(block.mlp.fc1(stack.norm(x))))
+    return x
+
+
+def test_public_code_blocks_share_one_norm_and_drop_qkv_bias_and_final_norms() -> None:
+    cfg = replace(TINY, depth=2, qkv_bias=False, shared_block_norm=True, final_norms=False)
+    net = SiameseTransitionMAE.from_config(12, cfg).eval()
+    assert isinstance(net.encoder, SharedNormStack) and isinstance(net.decoder, SharedNormStack)
+    norms = [m for m in net.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 3 and {m.eps for m in norms} == {1e-5}  # embedding + one per stack
+    assert isinstance(net.encoder_norm, nn.Identity) and isinstance(net.decoder_norm, nn.Identity)
+    assert all(block.attn.qkv.bias is None for block in net.encoder.blocks)
+    tokens = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net.encoder(tokens), _public_stack_reference(net.encoder, tokens)
+        )
+        features, order = torch.randn(2, 12, 16, 16), random_split(2, 64)
+        assert net(features, order).shape == features.shape
+
+
 def test_several_test_splits_are_averaged(vgg_method: STMAE) -> None:
     images = torch.rand(2, 3, 64, 64)
     method = vgg_method
@@ -299,10 +352,11 @@ def test_several_test_splits_are_averaged(vgg_method: STMAE) -> None:
                 for _ in range(3)
             ]
         ).mean(0)
-    expected = resize_maps(gaussian_blur(maps, TINY.blur_sigma, TINY.blur_kernel), 64)
+    blurred = gaussian_blur(maps, TINY.blur_sigma, TINY.blur_kernel)  # [2, 16, 16]
     method.cfg = TINY
-    torch.testing.assert_close(scores.anomaly_maps, expected)
-    torch.testing.assert_close(scores.image_scores, expected.amax(dim=(1, 2)))
+    torch.testing.assert_close(scores.anomaly_maps, resize_maps(blurred, 64))
+    # the public code's image score: the max of the blurred feature-size map
+    torch.testing.assert_close(scores.image_scores, blurred.amax(dim=(1, 2)))
 
 
 def test_training_from_cached_features_matches_recomputed_features(vgg_method: STMAE) -> None:

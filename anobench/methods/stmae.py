@@ -42,6 +42,9 @@ class STMAEConfig:
     decoder_heads: int = 16
     mlp_ratio: float = 4.0
     joint_decoder: bool = False  # True: one decoder pass over both halves (the public code)
+    qkv_bias: bool = True  # False: the public code's attention (no qkv bias)
+    shared_block_norm: bool = False  # True: one LayerNorm for every block of a stack (public code)
+    final_norms: bool = True  # False: no LayerNorm after the encoder and decoder (public code)
     cos_weight: float = 5.0  # loss = MSE + cos_weight * (1 - cosine similarity)
     cosine: str = "sample"  # loss cosine over: sample (flattened map) | token | position
     lr: float = 1e-4
@@ -125,6 +128,38 @@ def _gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
+class SharedNormStack(nn.Module):
+    """Pre-norm ViT blocks that all use ONE LayerNorm before every attention and MLP.
+
+    The public code's VisionTransformerEncoder/Decoder (`self.layer_norm`); the blocks' own
+    norm1/norm2 are unused (Identity), so no parameter is shared between modules.
+    """
+
+    def __init__(self, dim: int, blocks: list[Block]) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        for block in blocks:
+            block.norm1, block.norm2 = nn.Identity(), nn.Identity()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = x + block.attn(self.norm(x))
+            x = x + block.mlp(self.norm(x))
+        return x
+
+
+def transformer_stack(
+    dim: int, depth: int, heads: int, mlp_ratio: float, qkv_bias: bool, shared_norm: bool
+) -> nn.Module:
+    """`depth` pre-norm ViT blocks with PyTorch's LayerNorm (eps 1e-5, as the public code)."""
+    blocks = [
+        Block(dim, heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=nn.LayerNorm)
+        for _ in range(depth)
+    ]
+    return SharedNormStack(dim, blocks) if shared_norm else nn.Sequential(*blocks)
+
+
 class SiameseTransitionMAE(nn.Module):
     """Patch embedding, shared encoder on each half, transition, decoder back to feature maps."""
 
@@ -143,6 +178,9 @@ class SiameseTransitionMAE(nn.Module):
             cfg.decoder_heads,
             cfg.mlp_ratio,
             cfg.joint_decoder,
+            cfg.qkv_bias,
+            cfg.shared_block_norm,
+            cfg.final_norms,
         )
 
     def __init__(
@@ -158,6 +196,9 @@ class SiameseTransitionMAE(nn.Module):
         decoder_heads: int,
         mlp_ratio: float = 4.0,
         joint_decoder: bool = False,
+        qkv_bias: bool = True,
+        shared_block_norm: bool = False,
+        final_norms: bool = True,
     ) -> None:
         super().__init__()
         self.grid = feature_size // patch_size
@@ -168,23 +209,21 @@ class SiameseTransitionMAE(nn.Module):
         # signal, which the transition relies on to tell the decoder where to predict
         self.pos_embed = nn.Parameter(torch.randn(1, self.num_tokens, embed_dim))
         self.embed_norm = nn.LayerNorm(embed_dim)
-        self.encoder = nn.Sequential(
-            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)]
+        self.encoder = transformer_stack(
+            embed_dim, depth, num_heads, mlp_ratio, qkv_bias, shared_block_norm
         )
-        self.encoder_norm = nn.LayerNorm(embed_dim)
+        self.encoder_norm = nn.LayerNorm(embed_dim) if final_norms else nn.Identity()
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
-        self.decoder = nn.Sequential(
-            *[
-                Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True)
-                for _ in range(decoder_depth)
-            ]
+        self.decoder = transformer_stack(
+            decoder_dim, decoder_depth, decoder_heads, mlp_ratio, qkv_bias, shared_block_norm
         )
-        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_norm = nn.LayerNorm(decoder_dim) if final_norms else nn.Identity()
         self.head = nn.ConvTranspose2d(decoder_dim, in_channels, patch_size, stride=patch_size)
         for module in [*self.encoder.modules(), *self.decoder.modules(), self.decoder_embed]:
             if isinstance(module, nn.Linear):  # xavier as the public code and MAE
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     @staticmethod
     def split_positions(order: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,6 +286,16 @@ def anomaly_map(pred: Tensor, target: Tensor) -> Tensor:
     pred, target = pred.float(), target.float()
     squared = (pred - target).pow(2).mean(dim=1)
     return squared * (1 - F.cosine_similarity(pred, target, dim=1))
+
+
+def score_maps(maps: Tensor, blur_sigma: float, blur_kernel: int, image_size: int) -> Scores:
+    """Feature-size maps [B, F, F] -> blurred maps upsampled to image_size, image score = max.
+
+    evaluate.py blurs at the feature size and takes the max of that blurred map; the max of the
+    upsampled map would be slightly lower (bilinear interpolation never reaches a peak).
+    """
+    blurred = gaussian_blur(maps, blur_sigma, blur_kernel)
+    return Scores(resize_maps(blurred, image_size), blurred.amax(dim=(1, 2)))
 
 
 @register("stmae", STMAEConfig)
@@ -344,7 +393,5 @@ class STMAE:
             with self.hw.autocast():
                 pred = self.model(target, self.hw.to_device(order))
             maps += anomaly_map(pred, target)
-        maps = maps / self.cfg.test_splits
-        maps = gaussian_blur(maps, self.cfg.blur_sigma, self.cfg.blur_kernel)
-        maps = resize_maps(maps, self.cfg.image_size)
-        return Scores(anomaly_maps=maps, image_scores=maps.amax(dim=(1, 2)))
+        cfg = self.cfg
+        return score_maps(maps / cfg.test_splits, cfg.blur_sigma, cfg.blur_kernel, cfg.image_size)
