@@ -50,6 +50,8 @@ class HardwareConfig:
     gpu_from_job: bool = False  # multi_gpu: pick cuda:(job index % GPU count)
     cache_features: bool = True  # frozen-backbone features computed once per class (same results)
     cpu_threads: int | None = None  # torch intra-op threads; null = torch's default (all cores)
+    tf32: bool = True  # TF32 matmuls/convolutions on the GPU; false = IEEE fp32 (compat=authors)
+    cache_precision: str = "auto"  # cached frozen features: auto = half on the GPU | fp32
 
     def __post_init__(self) -> None:
         require_positive("hardware", eval_batch_size=self.eval_batch_size)
@@ -79,6 +81,7 @@ class RunConfig:
     progress: bool = True
     debug: bool = False  # show tracebacks
     dry_run: bool = False  # print the plan (cells, epochs, time estimate) and stop
+    compat: str = "none"  # none | authors: set by the compat group (conf/compat/), never by hand
 
 
 def register_configs() -> None:

@@ -2,7 +2,8 @@
 
 Tiers, fastest first: GPU memory (half precision) when the features fit in half of the free
 GPU memory, else pinned host memory when they fit in `host_budget_bytes`, else a memory-mapped
-file under the cache folder, keyed so that a stale cache is never used.
+file under the cache folder (float16), keyed so that a stale cache is never used.
+`hardware.cache_precision=fp32` (compat=authors) keeps every tier in float32.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def cache_key(
             "weights": weights,
             "padding": backbone.padding_mode,
             "kwargs": dict(backbone.model_kwargs),
+            **({"ln_eps": backbone.layer_norm_eps} if backbone.layer_norm_eps is not None else {}),
             "size": image_size,
             "paths": list(paths),
             "extra": extra,
@@ -77,6 +79,8 @@ def extract_features(
     Only the disk tier needs `cache_dir` and `key`; it is reused on a later call with the same key.
     """
     count = len(loader.dataset)  # type: ignore[arg-type]
+    if key is not None and hardware.cache_precision == "fp32":
+        key = f"{key}-fp32"  # the disk tier is float16 otherwise: never mix the two
     if cache_dir is not None and key is not None:
         cached = _load_disk(cache_dir, key)
         if cached is not None:
@@ -128,7 +132,7 @@ def _allocate(
     return np.lib.format.open_memmap(
         data_path.with_suffix(f".{os.getpid()}.partial.npy"),
         mode="w+",
-        dtype=np.float16,
+        dtype=np.float32 if hardware.cache_precision == "fp32" else np.float16,
         shape=shape,
     )
 

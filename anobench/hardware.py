@@ -21,6 +21,7 @@ from torch import nn
 from anobench.errors import AnobenchError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CACHE_PRECISIONS = ("auto", "fp32")  # auto: half precision on the GPU, float32 on the CPU
 log = logging.getLogger("anobench")
 
 
@@ -96,6 +97,8 @@ class Hardware:
     channels_last: bool = False
     deterministic: bool = False
     gpu_lock: SlotLock | None = field(default=None, compare=False, repr=False)
+    tf32: bool = True  # TF32 matmuls and convolutions on the GPU (False: IEEE fp32)
+    cache_precision: str = "auto"
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -108,7 +111,7 @@ class Hardware:
     @property
     def cache_dtype(self) -> torch.dtype:
         """Storage dtype for cached frozen features: half precision on the GPU, else float32."""
-        if self.is_cuda:
+        if self.is_cuda and self.cache_precision == "auto":
             return self.amp_dtype or torch.float16
         return torch.float32
 
@@ -195,6 +198,8 @@ def create_hardware(
     deterministic: bool = False,
     job_index: int | None = None,
     cpu_threads: int | None = None,
+    tf32: bool = True,
+    cache_precision: str = "auto",
 ) -> Hardware:
     """Resolve `hardware=` settings to a Hardware; `auto` picks CUDA when present.
 
@@ -202,10 +207,16 @@ def create_hardware(
     held by this job alone: cuda:(job_index % GPU count) when free, else the next free one.
     `cpu_threads` sets torch's intra-op threads for the process (fewer than the cores helps when
     several runs share a machine: oversubscribed threads can be many times slower than one).
+    `tf32=False` keeps GPU matmuls and convolutions in IEEE fp32, as the authors' runs were;
+    `cache_precision="fp32"` stores cached frozen features in float32 on the GPU too.
     """
     if precision not in PRECISIONS:
         raise AnobenchError(
             f"hardware.precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
+        )
+    if cache_precision not in CACHE_PRECISIONS:
+        raise AnobenchError(
+            f"hardware.cache_precision={cache_precision!r} is not valid; use auto or fp32."
         )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -228,13 +239,22 @@ def create_hardware(
     if deterministic:
         # cuBLAS needs this set before its first call to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cuda.matmul.allow_tf32 = not deterministic
-    torch.backends.cudnn.allow_tf32 = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = tf32 and not deterministic
+    torch.backends.cudnn.allow_tf32 = tf32 and not deterministic
     torch.backends.cudnn.benchmark = not deterministic and resolved.type == "cuda"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
-    return Hardware(resolved, precision, compile, channels_last, deterministic, gpu_lock)
+    return Hardware(
+        resolved,
+        precision,
+        compile,
+        channels_last,
+        deterministic,
+        gpu_lock,
+        tf32=tf32,
+        cache_precision=cache_precision,
+    )
 
 
 def seed_everything(seed: int) -> None:

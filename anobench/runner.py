@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from anobench.backbones import BackboneConfig, validate_backbone
+from anobench.compat import validate_compat
 from anobench.config import (
+    CONF_DIR,
     DatasetConfig,
     HardwareConfig,
     backbone_config,
@@ -115,6 +117,7 @@ def dataset_root(ds: DatasetConfig, cache_dir: Path) -> Path:
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Validate the whole config and the data index of every class, before any training."""
     validate_run_values(cfg)
+    validate_compat(cfg, CONF_DIR)
     method_cfg = method_config(cfg)
     backbone_cfg = backbone_config(cfg)
     hardware_cfg = hardware_config(cfg)
@@ -127,6 +130,8 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         hardware_cfg.deterministic,
         job_index=current_job_index() if hardware_cfg.gpu_from_job else None,
         cpu_threads=hardware_cfg.cpu_threads,
+        tf32=hardware_cfg.tf32,
+        cache_precision=hardware_cfg.cache_precision,
     )
     validate_backbone(backbone_cfg, method_cfg.image_size)
     results_dir = Path(cfg.results_dir).expanduser()

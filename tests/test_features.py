@@ -62,6 +62,23 @@ def test_key_changes_with_everything_that_changes_features() -> None:
     other_layers = BackboneConfig(name=BACKBONE.name, layers=["layer3"], pretrained=False)
     assert cache_key(other_layers, 32, ["a.png"]) != base
     assert cache_key(BackboneConfig(name=BACKBONE.name, layers=["layer2"]), 32, ["a.png"]) != base
+    eps = BackboneConfig(
+        name=BACKBONE.name, layers=["layer2"], pretrained=False, layer_norm_eps=1e-5
+    )
+    assert cache_key(eps, 32, ["a.png"]) != base
+
+
+def test_fp32_cache_precision_keeps_the_disk_tier_in_float32(tmp_path: Path) -> None:
+    # compat=authors: no half-precision storage anywhere (the default disk tier is float16)
+    fn, key = _fn(), cache_key(BACKBONE, 32, ["a.png"])
+    exact = create_hardware("cpu", cache_precision="fp32")
+    default = create_hardware("cpu")
+    kwargs = {"cache_dir": tmp_path, "key": key, "progress": False, "host_budget_bytes": 0}
+    full = extract_features(fn, _loader(), exact, **kwargs)
+    half = extract_features(fn, _loader(), default, **kwargs)
+    assert full.dtype == torch.float32 and half.dtype == torch.float16
+    assert (tmp_path / f"{key}-fp32.npy").is_file() and (tmp_path / f"{key}.npy").is_file()
+    torch.testing.assert_close(full, torch.cat([fn(b["image"]) for b in _loader()]))
 
 
 def test_tier_choice_on_cpu() -> None:
