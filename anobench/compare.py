@@ -13,7 +13,7 @@ from rich.text import Text
 
 from anobench.errors import AnobenchError
 from anobench.metrics import METRIC_IDS
-from anobench.report import KEY_COLUMNS, MISSING, fmt_number, nan_to_none, sort_frame
+from anobench.tables import KEY_COLUMNS, MISSING, fmt_number, nan_to_none, sort_frame
 
 _EPS = 1e-9  # a delta of exactly the tolerance is "same", whatever the float rounding
 

@@ -19,7 +19,8 @@ from PIL import Image
 from rich.console import Console
 
 from anobench.errors import AnobenchError
-from anobench.report import (
+from anobench.results import MAPS_FILE, Cell, write_bytes_atomic
+from anobench.tables import (
     MEAN,
     METRIC_TITLES,
     PAPER_METRICS,
@@ -28,7 +29,6 @@ from anobench.report import (
     group_stat,
     model_labels,
 )
-from anobench.results import MAPS_FILE, Cell, write_bytes_atomic
 
 DPI = 100
 CELL_INCHES = 2.0  # one image of the grid
