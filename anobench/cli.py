@@ -170,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--figures", action="store_true", help="also write PNG figures")
     report.add_argument("--status", action="store_true", help="list done/failed/missing cells")
+    report.add_argument("--ci", action="store_true", help="show 95%% intervals: 97.9 [96.8, 98.7]")
+    report.add_argument(
+        "--by-defect", action="store_true", help="also tables per defect type (defects_*)"
+    )
+    report.add_argument(
+        "--html", action="store_true", help="also write report.html (self-contained)"
+    )
     report.set_defaults(handler=_report)
 
     compare = sub.add_parser("compare", help="compare two results CSVs; exit 1 on regression")

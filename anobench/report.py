@@ -24,6 +24,7 @@ from anobench.results import (
 from anobench.tables import (
     PUBLISHED_DATASET,
     TextTable,
+    build_defect_tables,
     build_tables,
     format_entry,
     load_published,
@@ -36,7 +37,8 @@ from anobench.tables import (
 
 
 def to_rich(table: TextTable) -> Table:
-    rich_table = Table(title=table.title, caption="; ".join(table.notes), caption_justify="left")
+    caption = Text("; ".join(table.notes))  # plain text: "[low, high]" is not markup
+    rich_table = Table(title=table.title, caption=caption, caption_justify="left")
     for index, name in enumerate(table.header):
         rich_table.add_column(name, justify="left" if index == 0 else "right")
     for index, row in enumerate(table.rows):
@@ -204,7 +206,7 @@ def report_command(ns: argparse.Namespace) -> int:
         console.print(f"dataset {dataset}: no published numbers (they exist for MVTec AD only)")
     written = [out_dir / "results.csv"]
     write_bytes_atomic(written[0], frame.to_csv(index=False).encode())
-    for named in build_tables(frame, published):
+    for named in build_tables(frame, published, intervals=ns.ci):
         if named.terminal:
             console.print(to_rich(named.table))
         for suffix, text in (
@@ -214,10 +216,40 @@ def report_command(ns: argparse.Namespace) -> int:
             path = out_dir / f"{named.name}{suffix}"
             write_bytes_atomic(path, text.encode())
             written.append(path)
+    if ns.by_defect:
+        written += write_defect_tables(records, out_dir, console)
     console.print(f"wrote {len(written)} files (results.csv, *.md, *.tex) to {out_dir}")
     if ns.figures:
         from anobench.figures import write_figures
 
         figures = write_figures(results_dir, records, frame, out_dir / "figures", console)
         console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}")
+    if ns.html:
+        from anobench.html_report import write_html_report
+
+        path = write_html_report(results_dir, records, frame, published, out_dir, console)
+        console.print(f"wrote {path} (self-contained; open it in a browser)")
     return 0
+
+
+def write_defect_tables(
+    records: list[dict[str, Any]], out_dir: Path, console: Console
+) -> list[Path]:
+    """`report --by-defect`: print each model's per-defect table, write it as .md and .tex."""
+    lacking = sum("by_defect" not in r for r in records)
+    if lacking:
+        console.print(
+            f"by-defect: {lacking} of {len(records)} cells predate per-defect metrics; "
+            "rerun them with overwrite=true to add them"
+        )
+    written = []
+    for named in build_defect_tables(records):
+        console.print(to_rich(named.table))
+        for suffix, text in (
+            (".md", to_markdown(named.table)),
+            (".tex", to_latex(named.table, named.name)),
+        ):
+            path = out_dir / f"{named.name}{suffix}"
+            write_bytes_atomic(path, text.encode())
+            written.append(path)
+    return written

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -18,6 +18,7 @@ import pandas as pd
 from anobench.data.mvtec import MVTEC_CATEGORIES, OBJECTS, TEXTURES
 from anobench.metrics import METRIC_IDS
 from anobench.results import RECORD_COLUMNS
+from anobench.statistics import mean_interval
 
 PAPER_METRICS = ("image_auroc", "pixel_auroc", "pro")
 METRIC_TITLES = {
@@ -48,7 +49,16 @@ _INTEGER_FIELDS = (
     "peak_gpu_memory_bytes_test",
 )
 KEY_COLUMNS = (*RECORD_COLUMNS, "metric")
-CSV_COLUMNS = (*KEY_COLUMNS, "value", "device", "precision", "git_commit", *COST_FIELDS)
+INTERVAL_COLUMNS = ("ci_low", "ci_high")  # the cell's bootstrap interval of the value
+CSV_COLUMNS = (
+    *KEY_COLUMNS,
+    "value",
+    "device",
+    "precision",
+    "git_commit",
+    *COST_FIELDS,
+    *INTERVAL_COLUMNS,
+)
 PUBLISHED_DATASET = "mvtec"
 DATASET_TITLES = {"mvtec": "MVTec AD"}
 MISSING = "—"
@@ -56,6 +66,10 @@ NOT_PUBLISHED = "n/p"
 TEXTURES_MEAN, OBJECTS_MEAN, MEAN = "Textures mean", "Objects mean", "Mean"
 # The classes a mean row of the published tables averages over.
 GROUP_CLASSES = {TEXTURES_MEAN: TEXTURES, OBJECTS_MEAN: OBJECTS, MEAN: MVTEC_CATEGORIES}
+INTERVAL_NOTE = (
+    "[low, high]: 95% interval; one seed: bootstrap over the test images; 3 or more seeds: "
+    "Student-t interval of the seed mean"
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class Stat:
     std: float | None = None
     n: int | None = None  # None: not a seed statistic (a published number, a difference)
     signed: bool = False
+    interval: tuple[float, float] | None = None  # 95% interval, shown by `report --ci`
 
 
 Entry = Stat | str
@@ -124,10 +139,12 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         base = {key: record[key] for key in RECORD_COLUMNS}
         base |= {key: record.get(key) for key in ("device", "precision", "git_commit")}
         base |= {name: cost.get(name) for name in COST_FIELDS}
+        intervals = record.get("intervals") or {}
         for metric, value in (record.get("metrics") or {}).items():
-            rows.append({**base, "metric": metric, "value": value})
+            low, high = intervals.get(metric) or (None, None)
+            rows.append({**base, "metric": metric, "value": value, "ci_low": low, "ci_high": high})
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    for column in ("value", *COST_FIELDS):
+    for column in ("value", *COST_FIELDS, *INTERVAL_COLUMNS):
         frame[column] = pd.to_numeric(frame[column]).astype(float)
     for column in _INTEGER_FIELDS:
         frame[column] = frame[column].round().astype("Int64")
@@ -210,10 +227,30 @@ def _kind(row: _Row) -> str:
     return "object" if row.label in OBJECTS else "other"
 
 
-def row_stat(values: pd.DataFrame, row: _Row) -> Stat:
+def row_stat(values: pd.DataFrame, row: _Row, intervals: bool = False) -> Stat:
     if row.group:
-        return group_stat(values, row.classes)
-    return class_stat(values.loc[values["category"] == row.label, "value"])
+        stat = group_stat(values, row.classes)
+    else:
+        stat = class_stat(values.loc[values["category"] == row.label, "value"])
+    return _with_interval(stat, values, row) if intervals else stat
+
+
+def _with_interval(stat: Stat, values: pd.DataFrame, row: _Row) -> Stat:
+    """The entry with its 95% interval: one seed's bootstrap interval over the test images, or
+    with >= 3 seeds the Student-t interval of the seed mean (of the per-seed class averages)."""
+    if stat.mean is None:
+        return stat
+    values = values[values["category"].isin(row.classes)].dropna(subset=["value"])
+    if row.group:
+        wide = values.pivot_table(index="seed", columns="category", values="value", aggfunc="mean")
+        seed_values = wide.dropna().mean(axis=1)
+    else:
+        seed_values = values["value"]
+        if len(values) == 1 and values[list(INTERVAL_COLUMNS)].notna().all(axis=None):
+            low, high = values[list(INTERVAL_COLUMNS)].iloc[0]
+            return replace(stat, interval=(float(low), float(high)))
+    interval = mean_interval(list(seed_values))
+    return replace(stat, interval=None if interval is None else (interval[0], interval[1]))
 
 
 def published_value(published: pd.DataFrame, method: str, metric: str, label: str) -> float | None:
@@ -250,6 +287,9 @@ def _published_entries(
 def _percent(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["value"] = frame["value"] * 100
+    for column in INTERVAL_COLUMNS:
+        if column in frame.columns:
+            frame[column] = frame[column] * 100
     return frame
 
 
@@ -267,6 +307,8 @@ def _notes(frame: pd.DataFrame, table: TextTable, with_published: bool) -> list[
         notes.append("(n=k): only k seeds finished")
     if with_published:
         notes.append(f"pub.: published number; Δ = measured − published; {NOT_PUBLISHED}: none")
+    if any(isinstance(e, Stat) and e.interval for e in flat):
+        notes.append(INTERVAL_NOTE)
     devices = sorted(d for d in frame["device"].dropna().unique())
     notes.append("hardware: " + ("; ".join(devices) if devices else "not recorded"))
     return notes
@@ -293,7 +335,10 @@ def _dataset_title(dataset: str) -> str:
 
 
 def metric_table(
-    frame: pd.DataFrame, metric: str, published: pd.DataFrame | None = None
+    frame: pd.DataFrame,
+    metric: str,
+    published: pd.DataFrame | None = None,
+    intervals: bool = False,
 ) -> TextTable:
     """One metric of one dataset: classes as rows, models (+ published, Δ) as columns."""
     frame = _percent(frame[frame["metric"] == metric])
@@ -312,7 +357,7 @@ def metric_table(
         entries: list[Entry] = [row.label]
         for method, backbone in labels:
             model = frame[(frame["method"] == method) & (frame["backbone"] == backbone)]
-            stat = row_stat(model, row)
+            stat = row_stat(model, row, intervals)
             entries.append(stat)
             if method in with_pub:
                 entries += _published_entries(published, method, metric, row, stat)
@@ -329,6 +374,7 @@ def paper_table(
     frame: pd.DataFrame,
     metrics: Sequence[str] = PAPER_METRICS,
     published: pd.DataFrame | None = None,
+    intervals: bool = False,
 ) -> TextTable:
     """One model on one dataset in the papers' layout: classes as rows, metrics as columns."""
     frame = _percent(frame)
@@ -344,7 +390,7 @@ def paper_table(
     for row in layout:
         entries: list[Entry] = [row.label]
         for metric in metrics:
-            stat = row_stat(frame[frame["metric"] == metric], row)
+            stat = row_stat(frame[frame["metric"] == metric], row, intervals)
             entries.append(stat)
             if with_pub:
                 entries += _published_entries(published, method, metric, row, stat)
@@ -442,6 +488,8 @@ def format_entry(entry: Entry, n_seeds: int = 1, latex: bool = False) -> str:
     text = _signed(entry.mean, latex) if entry.signed else f"{entry.mean:.1f}"
     if entry.std is not None:
         text += (r" $\pm$ " if latex else " ± ") + f"{entry.std:.1f}"
+    if entry.interval is not None:
+        text += f" [{entry.interval[0]:.1f}, {entry.interval[1]:.1f}]"
     if entry.n is not None and entry.n != n_seeds:
         text += f" (n={entry.n})"
     return text
@@ -465,8 +513,11 @@ class NamedTable:
     terminal: bool  # also printed by `anobench report`
 
 
-def build_tables(frame: pd.DataFrame, published: pd.DataFrame | None) -> list[NamedTable]:
-    """Every table of a report: per model (paper layout), per metric, and costs, per dataset."""
+def build_tables(
+    frame: pd.DataFrame, published: pd.DataFrame | None, intervals: bool = False
+) -> list[NamedTable]:
+    """Every table of a report: per model (paper layout), per metric, and costs, per dataset;
+    with `intervals`, entries carry their 95% intervals."""
     tables = []
     datasets = list(dict.fromkeys(frame["dataset"]))
     for dataset in datasets:
@@ -477,13 +528,86 @@ def build_tables(frame: pd.DataFrame, published: pd.DataFrame | None) -> list[Na
             model = data[(data["method"] == method) & (data["backbone"] == backbone)]
             stem = method if label == method else f"{method}_{backbone}"
             tables.append(
-                NamedTable(f"paper_{stem}{suffix}", paper_table(model, published=published), True)
+                NamedTable(
+                    f"paper_{stem}{suffix}",
+                    paper_table(model, published=published, intervals=intervals),
+                    True,
+                )
             )
         for metric in [m for m in METRIC_IDS if m in set(data["metric"])]:
-            table = metric_table(data, metric, published)
+            table = metric_table(data, metric, published, intervals)
             shown = len(labels) > 1 and metric in PAPER_METRICS
             tables.append(NamedTable(f"table_{metric}{suffix}", table, shown))
         costs = cost_table(data)
         if costs is not None:
             tables.append(NamedTable(f"table_cost{suffix}", costs, True))
+    return tables
+
+
+# --- per defect type -----------------------------------------------------------------------------
+
+DEFECT_NOTE = (
+    "each defect type against the good images: image AUROC, and pixel AUROC / PRO over the good "
+    "images plus that type's"
+)
+
+
+def defects_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The records' per-defect metrics: one row per cell, defect type and metric."""
+    rows = []
+    for record in records:
+        base = {key: record[key] for key in RECORD_COLUMNS}
+        for defect, values in (record.get("by_defect") or {}).items():
+            for metric, value in values.items():
+                if metric != "n_images":
+                    row = {"defect": defect, "n_images": values.get("n_images")}
+                    rows.append({**base, **row, "metric": metric, "value": value})
+    columns = [*RECORD_COLUMNS, "defect", "n_images", "metric", "value"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["value"] = pd.to_numeric(frame["value"]).astype(float)
+    return frame
+
+
+def defect_table(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> TextTable:
+    """One model on one dataset: per class and defect type its images and metrics (percent)."""
+    frame = _percent(frame)
+    dataset, method, backbone = (frame[c].iloc[0] for c in ("dataset", "method", "backbone"))
+    header = ["Class", "Defect", "Images", *(METRIC_TITLES.get(m, m) for m in metrics)]
+    rows: list[list[Entry]] = []
+    rules = set()
+    for category in category_order(frame["category"].unique()):
+        mine = frame[frame["category"] == category]
+        if rows:
+            rules.add(len(rows))
+        for index, defect in enumerate(sorted(mine["defect"].unique())):
+            cells = mine[mine["defect"] == defect]
+            entries: list[Entry] = [category if index == 0 else "", defect]
+            entries.append(str(int(cells["n_images"].iloc[0])))
+            for metric in metrics:
+                entries.append(class_stat(cells.loc[cells["metric"] == metric, "value"]))
+            rows.append(entries)
+    title = f"{method} ({backbone}) per defect type on {_dataset_title(dataset)}, percent"
+    table = TextTable(title, header, rows, bold=[set() for _ in rows], rules=rules)
+    table.n_seeds = _common_n(e for r in rows for e in r)
+    table.notes = [DEFECT_NOTE]
+    if table.n_seeds > 1:
+        table.notes.append(f"mean ± std (sample, ddof=1) over {table.n_seeds} seeds")
+    if any(isinstance(e, Stat) and e.n and e.n != table.n_seeds for r in rows for e in r):
+        table.notes.append("(n=k): only k seeds finished")
+    return table
+
+
+def build_defect_tables(records: Sequence[dict[str, Any]]) -> list[NamedTable]:
+    """Per dataset and model, the per-defect table of the records that hold per-defect metrics."""
+    frame = defects_frame(records)
+    tables = []
+    datasets = sorted(set(frame["dataset"]))
+    for dataset in datasets:
+        suffix = "" if len(datasets) == 1 else f"_{dataset}"
+        data = frame[frame["dataset"] == dataset]
+        labels = model_labels(data)
+        for (method, backbone), label in labels.items():
+            model = data[(data["method"] == method) & (data["backbone"] == backbone)]
+            stem = method if label == method else f"{method}_{backbone}"
+            tables.append(NamedTable(f"defects_{stem}{suffix}", defect_table(model), True))
     return tables
