@@ -179,11 +179,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
-    compare = sub.add_parser("compare", help="compare two results CSVs; exit 1 on regression")
-    compare.add_argument("baseline")
-    compare.add_argument("candidate")
+    compare = sub.add_parser(
+        "compare", help="compare two results (CSV or folder); exit 1 on regression"
+    )
+    compare.add_argument("baseline", help="results.csv of anobench report, or a results folder")
+    compare.add_argument("candidate", help="results.csv of anobench report, or a results folder")
     compare.add_argument("--metric", action="append", default=None)
     compare.add_argument("--tolerance", type=float, default=0.5, help="allowed drop in points")
+    compare.add_argument(
+        "--stat", action="store_true", help="fail only on significant drops beyond the tolerance"
+    )
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (--stat)")
+    compare.add_argument(
+        "--resamples", type=int, default=1000, help="paired bootstrap resamples (--stat)"
+    )
+    compare.add_argument("--format", choices=("table", "md", "json"), default="table")
     compare.set_defaults(handler=_compare)
 
     status = sub.add_parser("status", help="done, failed and missing cells of a results folder")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -110,6 +110,22 @@ class CellStatistics:
             },
             "by_defect": self.by_defect,
         }
+
+
+def reordered(per_image: PerImage, order: np.ndarray) -> PerImage:
+    """The same data with the images in `order` (indices into the current order)."""
+    pixels = per_image.pixels
+    if pixels is not None:
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        pixels = replace(
+            pixels,
+            positive=pixels.positive[order],
+            negative=pixels.negative[order],
+            region_image=position[pixels.region_image],
+        )
+    paths = [per_image.paths[i] for i in order]
+    return PerImage(paths, per_image.labels[order], per_image.scores[order], pixels)
 
 
 def defect_of(path: str) -> str:
