@@ -81,17 +81,18 @@ def overlay(image: np.ndarray, score: np.ndarray) -> np.ndarray:
     return image * (1 - alpha) + heat * alpha
 
 
-def grid_size(n_rows: int, n_models: int) -> tuple[int, int]:
-    """(width, height) in pixels of a class grid."""
+def grid_size(n_rows: int, n_models: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(width, height) in pixels of a class grid whose images are `aspect` (height / width)."""
     return (
         round(CELL_INCHES * (n_models + 1) * DPI),
-        round((CELL_INCHES * n_rows + HEADER_INCHES) * DPI),
+        round((CELL_INCHES * aspect * n_rows + HEADER_INCHES) * DPI),
     )
 
 
 def map_grid(rows: Sequence[GridRow], models: Sequence[str], title: str) -> Figure:
     """Rows of test images: the image with its ground-truth outline, then one overlay per model."""
-    width, height = grid_size(len(rows), len(models))
+    aspect = rows[0].image.shape[0] / rows[0].image.shape[1] if rows else 1.0
+    width, height = grid_size(len(rows), len(models), aspect)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     figure.suptitle(title, fontsize=10, y=1 - 0.08 / (height / DPI), va="top")
     legend = textwrap.fill(GRID_LEGEND, width=int(width / DPI * 15))
@@ -147,9 +148,9 @@ def metric_bars(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> 
     positions = np.arange(len(categories) + 1)
     bar = 0.8 / max(len(labels), 1)
     colours = colormaps["tab10"].colors
+    low = 100.0
     for ax, metric in zip(axes, metrics, strict=True):
         values = frame[frame["metric"] == metric]
-        low = 100.0
         for i, ((method, backbone), label) in enumerate(labels.items()):
             model = values[(values["method"] == method) & (values["backbone"] == backbone)]
             stats = [class_stat(model.loc[model["category"] == c, "value"]) for c in categories]
@@ -168,12 +169,14 @@ def metric_bars(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> 
                 error_kw={"elinewidth": 0.8, "capsize": 1.5},
             )
             low = min([low, *(m for m in means if not np.isnan(m))])
-        ax.set_ylim(max(0.0, min(50.0, 10 * np.floor((low - 5) / 10))), 100.0)
         ax.set_ylabel(f"{METRIC_TITLES.get(metric, metric)} (%)", fontsize=8)
         ax.set_xticks(positions, [*categories, MEAN], fontsize=7, rotation=30, ha="right")
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", linewidth=0.4, alpha=0.5)
         ax.axvline(len(categories) - 0.5, color="grey", linewidth=0.6)
+    floor = max(0.0, min(50.0, 10 * np.floor((low - 5) / 10)))
+    for ax in axes:  # one scale for every metric, so bars compare across panels
+        ax.set_ylim(floor, 100.0)
     dataset = frame["dataset"].iloc[0]
     figure.suptitle(
         f"Per-class metrics on {dataset} (mean over seeds, whiskers: std)",
@@ -260,15 +263,24 @@ def _class_models(
     return found
 
 
+def display_size(models: Sequence[_ModelMaps], image_path: Path | None) -> tuple[int, int]:
+    """(width, height) to show a class at: the maps' width, the test image's aspect ratio (the
+    methods see square inputs; a 600 x 800 image is shown 600 x 800, not squashed)."""
+    width = max(m.maps.shape[2] for m in models)
+    height = max(m.maps.shape[1] for m in models)
+    if image_path is not None:
+        with Image.open(image_path) as image:
+            height = max(1, round(width * image.height / image.width))
+    return width, height
+
+
 def class_grid(models: list[_ModelMaps], root: Path, category: str, title: str) -> Figure:
     """The grid of one class from the models' maps and the test images under root."""
     from anobench.data.mvtec import index_split
 
     samples = {s.relative_path: s for s in index_split(root, category, "test")}
     common = [p for p in models[0].paths if all(p in m.paths for m in models) and p in samples]
-    height = max(m.maps.shape[1] for m in models)
-    width = max(m.maps.shape[2] for m in models)
-    size = (width, height)
+    size = display_size(models, samples[common[0]].image_path if common else None)
     scales = [(float(np.nanmin(m.maps)), float(np.nanmax(m.maps))) for m in models]
     rows = []
     for index in select_images(common):
