@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from rich.console import Console
+from scipy import ndimage
 
 from anobench.errors import AnobenchError
+from anobench.per_image import PER_IMAGE_FILE, read_per_image
 from anobench.results import MAPS_FILE, Cell, write_bytes_atomic
 from anobench.tables import (
     MEAN,
@@ -239,6 +241,7 @@ class _ModelMaps:
     maps: np.ndarray  # [N, H, W] float32
     paths: list[str]
     record: dict[str, Any]
+    folder: Path  # the cell's folder
 
 
 def _class_models(
@@ -258,7 +261,7 @@ def _class_models(
                 with np.load(path) as saved:
                     maps = saved["maps"].astype(np.float32)
                     paths = [str(p) for p in saved["paths"]]
-                found.append(_ModelMaps(label, maps, paths, record))
+                found.append(_ModelMaps(label, maps, paths, record, path.parent))
                 break
     return found
 
@@ -309,6 +312,102 @@ def write_figures(
         path = out_dir / f"metrics_{dataset}.png"
         write_bytes_atomic(path, png_bytes(metric_bars(data)))
         written.append(path)
+    for pictures in class_pictures(results_dir, records, frame, console):
+        path = out_dir / pictures.dataset / f"{pictures.category}.png"
+        write_bytes_atomic(path, png_bytes(pictures.grid))
+        written.append(path)
+    return written
+
+
+# --- galleries of the worst-ranked images --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One test image with its ground truth outlined and a model's map over it."""
+
+    caption: str
+    pixels: np.ndarray  # [H, W, 3] float in [0, 1]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A model's worst-ranked test images of one class by its image score."""
+
+    label: str
+    false_positives: list[Thumbnail]  # good images, highest score first
+    false_negatives: list[Thumbnail]  # defective images, lowest score first
+    note: str = ""  # why a gallery is empty
+
+
+@dataclass(frozen=True)
+class ClassPictures:
+    dataset: str
+    category: str
+    grid: Figure
+    galleries: list[Gallery]
+
+
+def _outlined(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    if mask is None or not mask.any():
+        return image
+    edge = ndimage.binary_dilation(mask ^ ndimage.binary_erosion(mask))
+    image = image.copy()
+    image[edge] = (0.0, 1.0, 0.0)
+    return image
+
+
+def class_galleries(
+    models: list[_ModelMaps], root: Path, category: str, n_images: int = N_ANOMALOUS
+) -> list[Gallery]:
+    """Per model the good images it scores highest and the defective ones it scores lowest."""
+    from anobench.data.mvtec import index_split
+
+    samples = {s.relative_path: s for s in index_split(root, category, "test")}
+    size = display_size(models, next(iter(samples.values())).image_path if samples else None)
+    galleries = []
+    for model in models:
+        per_image = read_per_image(model.folder / PER_IMAGE_FILE)
+        if per_image is None:
+            galleries.append(Gallery(model.label, [], [], f"no {PER_IMAGE_FILE} (older run)"))
+            continue
+        low, high = float(np.nanmin(model.maps)), float(np.nanmax(model.maps))
+        ranks = np.argsort(np.argsort(-per_image.scores, kind="stable"), kind="stable") + 1
+        by_score = np.argsort(-per_image.scores, kind="stable")
+        good = [i for i in by_score if not per_image.labels[i]][:n_images]
+        missed = [i for i in by_score[::-1] if per_image.labels[i]][:n_images]
+        thumbnails = []
+        for chosen in (good, missed):
+            row = []
+            for index in chosen:
+                path = per_image.paths[index]
+                if path not in samples or path not in model.paths:
+                    continue
+                sample = samples[path]
+                values = _resize_map(model.maps[model.paths.index(path)], size)
+                scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+                mask = _load_mask(sample.mask_path, size) if sample.mask_path else None
+                pixels = _outlined(overlay(_load_image(sample.image_path, size), scaled), mask)
+                caption = (
+                    f"{path} · score {per_image.scores[index]:.4g} · "
+                    f"rank {ranks[index]} of {len(per_image.paths)}"
+                )
+                row.append(Thumbnail(caption, np.clip(pixels, 0.0, 1.0)))
+            thumbnails.append(row)
+        galleries.append(Gallery(model.label, *thumbnails))
+    return galleries
+
+
+def class_pictures(
+    results_dir: Path,
+    records: list[dict[str, Any]],
+    frame: pd.DataFrame,
+    console: Console,
+    galleries: bool = False,
+) -> Iterator[ClassPictures]:
+    """Per dataset and class the grid of maps (and with `galleries` each model's worst-ranked
+    images); classes without maps or test images are named on the console and skipped."""
+    for dataset, data in frame.groupby("dataset", sort=True):
         labels = model_labels(data)
         roots: dict[str, Path] = {}
         for category in category_order(data["category"].unique()):
@@ -323,10 +422,8 @@ def write_figures(
                 if key not in roots:
                     roots[key] = _dataset_root(config)
                 figure = class_grid(models, roots[key], category, f"{dataset} / {category}")
+                found = class_galleries(models, roots[key], category) if galleries else []
             except (AnobenchError, KeyError, OSError) as err:
                 console.print(f"figures: skipped {dataset}/{category}: {err}", markup=False)
                 continue
-            path = out_dir / dataset / f"{category}.png"
-            write_bytes_atomic(path, png_bytes(figure))
-            written.append(path)
-    return written
+            yield ClassPictures(str(dataset), category, figure, found)
