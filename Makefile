@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops bench-statistics report-screenshot clean
+.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops bench-intervals report-screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -44,6 +44,9 @@ bench-ssim: $(STAMP)  ## HaloAE SSIM: banded-matrix window vs shifted sums (DEVI
 
 bench-flops: $(STAMP)  ## FLOPs of each paper schedule and the H100-hours they need at its peak
 	$(PY) bench/flops.py
+
+bench-intervals: $(STAMP)  ## per-cell intervals and per-defect metrics: seconds at MVTec sizes
+	$(PY) bench/intervals.py
 
 bench: $(STAMP)  ## speed: naive vs optimised training per method, side by side
 	$(PY) bench/speed.py

@@ -36,6 +36,7 @@ N_THRESHOLDS = 2048  # shared thresholds of a PixelSummary (all distinct scores 
 INTERVAL_METRICS = ("image_auroc", "pixel_auroc", "pro", "image_ap")
 IMAGE_METRICS = ("image_auroc", "image_ap")
 PIXEL_METRICS = ("pixel_auroc", "pro")
+DEFECT_METRICS = ("image_auroc", "pixel_auroc", "pro", "image_ap")
 _CHUNK = 256  # resamples evaluated together (bounds the [chunk, K] arrays)
 
 
@@ -347,8 +348,10 @@ def metrics_by_defect(
     defects: Sequence[str],
     pro_fpr_limit: float = 0.3,
 ) -> dict[str, dict[str, Any]]:
-    """Per defect type: its image count and every metric on the good images plus its images."""
-    found = metrics_by_group(maps, masks, scores, labels, defects, pro_fpr_limit=pro_fpr_limit)
+    """Per defect type: its image count and DEFECT_METRICS on the good images plus its images."""
+    found = metrics_by_group(
+        maps, masks, scores, labels, defects, pro_fpr_limit=pro_fpr_limit, metric_ids=DEFECT_METRICS
+    )
     counts = Counter(d for d, anomalous in zip(defects, labels, strict=True) if anomalous)
     return {defect: {"n_images": counts[defect], **values} for defect, values in found.items()}
 

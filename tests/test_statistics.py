@@ -127,7 +127,10 @@ def test_per_defect_metrics_equal_the_metrics_of_the_filtered_test_set():
         keep = np.array([d in ("good", defect) for d in defects])
         expected = metrics.compute_metrics(maps[keep], masks[keep], scores[keep], labels[keep])
         assert values.pop("n_images") == sum(d == defect for d in defects)
-        assert values == pytest.approx(expected, abs=1e-12), defect
+        assert set(values) == set(st.DEFECT_METRICS)
+        assert values == pytest.approx({m: expected[m] for m in values}, abs=1e-12), defect
+        every = metrics.metrics_by_group(maps, masks, scores, labels, defects)[defect]
+        assert every == pytest.approx(expected, abs=1e-12), defect
         assert values["pixel_auroc"] == pytest.approx(
             roc_auc_score(masks[keep].ravel(), maps[keep].ravel()), abs=1e-12
         )
