@@ -51,7 +51,7 @@ def read_results_csv(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(path)
     except FileNotFoundError as err:
         raise AnobenchError(
-            f"{path} does not exist; pass a results.csv of anobench report."
+            f"{path} does not exist; pass a results.csv of `anobench report` or a results folder."
         ) from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise AnobenchError(f"{path} is not a readable CSV ({err}); pass a results.csv.") from err
