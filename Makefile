@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops clean
+.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops bench-intervals report-screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -45,8 +45,26 @@ bench-ssim: $(STAMP)  ## HaloAE SSIM: banded-matrix window vs shifted sums (DEVI
 bench-flops: $(STAMP)  ## FLOPs of each paper schedule and the H100-hours they need at its peak
 	$(PY) bench/flops.py
 
+bench-intervals: $(STAMP)  ## per-cell intervals and per-defect metrics: seconds at MVTec sizes
+	$(PY) bench/intervals.py
+
 bench: $(STAMP)  ## speed: naive vs optimised training per method, side by side
 	$(PY) bench/speed.py
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+CHROMIUM ?= chromium
+CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --disable-background-networking \
+	--disable-component-update --disable-sync --no-first-run --hide-scrollbars
+report-screenshot: $(STAMP)  ## the demo's HTML report in headless Chromium -> docs/html_report.png
+	test -f results/demo/synthetic/knn/resnet18.tv_in1k/weave/seed0/metrics.json \
+		|| $(VENV)/bin/anobench run experiment=demo
+	$(VENV)/bin/anobench report results/demo --html --out results/demo/html
+	rm -rf results/demo/html/.chromium
+	$(CHROMIUM) $(CHROMIUM_FLAGS) --user-data-dir=$(CURDIR)/results/demo/html/.chromium \
+		--window-size=1200,1900 --screenshot=$(CURDIR)/results/demo/html/report.png \
+		file://$(CURDIR)/results/demo/html/report.html
+	mkdir -p docs
+	$(PY) -c "from PIL import Image; Image.open('results/demo/html/report.png').convert('RGB')\
+		.quantize(128).save('docs/html_report.png', optimize=True)"

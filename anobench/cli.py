@@ -170,13 +170,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--figures", action="store_true", help="also write PNG figures")
     report.add_argument("--status", action="store_true", help="list done/failed/missing cells")
+    report.add_argument("--ci", action="store_true", help="show 95%% intervals: 97.9 [96.8, 98.7]")
+    report.add_argument(
+        "--by-defect", action="store_true", help="also tables per defect type (defects_*)"
+    )
+    report.add_argument(
+        "--html", action="store_true", help="also write report.html (self-contained)"
+    )
     report.set_defaults(handler=_report)
 
-    compare = sub.add_parser("compare", help="compare two results CSVs; exit 1 on regression")
-    compare.add_argument("baseline")
-    compare.add_argument("candidate")
+    compare = sub.add_parser(
+        "compare", help="compare two results (CSV or folder); exit 1 on regression"
+    )
+    compare.add_argument("baseline", help="results.csv of anobench report, or a results folder")
+    compare.add_argument("candidate", help="results.csv of anobench report, or a results folder")
     compare.add_argument("--metric", action="append", default=None)
     compare.add_argument("--tolerance", type=float, default=0.5, help="allowed drop in points")
+    compare.add_argument(
+        "--stat", action="store_true", help="fail only on significant drops beyond the tolerance"
+    )
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (--stat)")
+    compare.add_argument(
+        "--resamples", type=int, default=1000, help="paired bootstrap resamples (--stat)"
+    )
+    compare.add_argument("--format", choices=("table", "md", "json"), default="table")
     compare.set_defaults(handler=_compare)
 
     status = sub.add_parser("status", help="done, failed and missing cells of a results folder")

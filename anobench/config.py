@@ -77,6 +77,7 @@ class RunConfig:
     save_maps: bool = True  # keep anomaly maps (float16) for export-maps and figures
     checkpoint_every: int = 10  # epochs between resumable checkpoints
     pro_fpr_limit: float = 0.3
+    bootstrap_resamples: int = 1000  # stratified resamples for 95% intervals per cell (0: off)
     latency_repeats: int = 20  # timed single-image predictions for latency p50/p95 (0: skip)
     progress: bool = True
     debug: bool = False  # show tracebacks
@@ -138,6 +139,10 @@ def validate_run_values(cfg: DictConfig) -> None:
         raise AnobenchError(f"pro_fpr_limit={cfg.pro_fpr_limit} must be in (0, 1].")
     if cfg.latency_repeats < 0:
         raise AnobenchError(f"latency_repeats={cfg.latency_repeats} must be 0 or more.")
+    if cfg.bootstrap_resamples < 0:
+        raise AnobenchError(
+            f"bootstrap_resamples={cfg.bootstrap_resamples} must be 0 (no intervals) or more."
+        )
 
 
 def resolve_seeds(seed: Any) -> list[int]:

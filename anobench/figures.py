@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from rich.console import Console
+from scipy import ndimage
 
 from anobench.errors import AnobenchError
-from anobench.report import (
+from anobench.per_image import PER_IMAGE_FILE, read_per_image
+from anobench.results import MAPS_FILE, Cell, write_bytes_atomic
+from anobench.tables import (
     MEAN,
     METRIC_TITLES,
     PAPER_METRICS,
@@ -28,7 +31,6 @@ from anobench.report import (
     group_stat,
     model_labels,
 )
-from anobench.results import MAPS_FILE, Cell, write_bytes_atomic
 
 DPI = 100
 CELL_INCHES = 2.0  # one image of the grid
@@ -81,17 +83,18 @@ def overlay(image: np.ndarray, score: np.ndarray) -> np.ndarray:
     return image * (1 - alpha) + heat * alpha
 
 
-def grid_size(n_rows: int, n_models: int) -> tuple[int, int]:
-    """(width, height) in pixels of a class grid."""
+def grid_size(n_rows: int, n_models: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(width, height) in pixels of a class grid whose images are `aspect` (height / width)."""
     return (
         round(CELL_INCHES * (n_models + 1) * DPI),
-        round((CELL_INCHES * n_rows + HEADER_INCHES) * DPI),
+        round((CELL_INCHES * aspect * n_rows + HEADER_INCHES) * DPI),
     )
 
 
 def map_grid(rows: Sequence[GridRow], models: Sequence[str], title: str) -> Figure:
     """Rows of test images: the image with its ground-truth outline, then one overlay per model."""
-    width, height = grid_size(len(rows), len(models))
+    aspect = rows[0].image.shape[0] / rows[0].image.shape[1] if rows else 1.0
+    width, height = grid_size(len(rows), len(models), aspect)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     figure.suptitle(title, fontsize=10, y=1 - 0.08 / (height / DPI), va="top")
     legend = textwrap.fill(GRID_LEGEND, width=int(width / DPI * 15))
@@ -147,9 +150,9 @@ def metric_bars(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> 
     positions = np.arange(len(categories) + 1)
     bar = 0.8 / max(len(labels), 1)
     colours = colormaps["tab10"].colors
+    low = 100.0
     for ax, metric in zip(axes, metrics, strict=True):
         values = frame[frame["metric"] == metric]
-        low = 100.0
         for i, ((method, backbone), label) in enumerate(labels.items()):
             model = values[(values["method"] == method) & (values["backbone"] == backbone)]
             stats = [class_stat(model.loc[model["category"] == c, "value"]) for c in categories]
@@ -168,12 +171,14 @@ def metric_bars(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> 
                 error_kw={"elinewidth": 0.8, "capsize": 1.5},
             )
             low = min([low, *(m for m in means if not np.isnan(m))])
-        ax.set_ylim(max(0.0, min(50.0, 10 * np.floor((low - 5) / 10))), 100.0)
         ax.set_ylabel(f"{METRIC_TITLES.get(metric, metric)} (%)", fontsize=8)
         ax.set_xticks(positions, [*categories, MEAN], fontsize=7, rotation=30, ha="right")
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", linewidth=0.4, alpha=0.5)
         ax.axvline(len(categories) - 0.5, color="grey", linewidth=0.6)
+    floor = max(0.0, min(50.0, 10 * np.floor((low - 5) / 10)))
+    for ax in axes:  # one scale for every metric, so bars compare across panels
+        ax.set_ylim(floor, 100.0)
     dataset = frame["dataset"].iloc[0]
     figure.suptitle(
         f"Per-class metrics on {dataset} (mean over seeds, whiskers: std)",
@@ -236,6 +241,7 @@ class _ModelMaps:
     maps: np.ndarray  # [N, H, W] float32
     paths: list[str]
     record: dict[str, Any]
+    folder: Path  # the cell's folder
 
 
 def _class_models(
@@ -255,9 +261,20 @@ def _class_models(
                 with np.load(path) as saved:
                     maps = saved["maps"].astype(np.float32)
                     paths = [str(p) for p in saved["paths"]]
-                found.append(_ModelMaps(label, maps, paths, record))
+                found.append(_ModelMaps(label, maps, paths, record, path.parent))
                 break
     return found
+
+
+def display_size(models: Sequence[_ModelMaps], image_path: Path | None) -> tuple[int, int]:
+    """(width, height) to show a class at: the maps' width, the test image's aspect ratio (the
+    methods see square inputs; a 600 x 800 image is shown 600 x 800, not squashed)."""
+    width = max(m.maps.shape[2] for m in models)
+    height = max(m.maps.shape[1] for m in models)
+    if image_path is not None:
+        with Image.open(image_path) as image:
+            height = max(1, round(width * image.height / image.width))
+    return width, height
 
 
 def class_grid(models: list[_ModelMaps], root: Path, category: str, title: str) -> Figure:
@@ -266,9 +283,7 @@ def class_grid(models: list[_ModelMaps], root: Path, category: str, title: str) 
 
     samples = {s.relative_path: s for s in index_split(root, category, "test")}
     common = [p for p in models[0].paths if all(p in m.paths for m in models) and p in samples]
-    height = max(m.maps.shape[1] for m in models)
-    width = max(m.maps.shape[2] for m in models)
-    size = (width, height)
+    size = display_size(models, samples[common[0]].image_path if common else None)
     scales = [(float(np.nanmin(m.maps)), float(np.nanmax(m.maps))) for m in models]
     rows = []
     for index in select_images(common):
@@ -297,6 +312,102 @@ def write_figures(
         path = out_dir / f"metrics_{dataset}.png"
         write_bytes_atomic(path, png_bytes(metric_bars(data)))
         written.append(path)
+    for pictures in class_pictures(results_dir, records, frame, console):
+        path = out_dir / pictures.dataset / f"{pictures.category}.png"
+        write_bytes_atomic(path, png_bytes(pictures.grid))
+        written.append(path)
+    return written
+
+
+# --- galleries of the worst-ranked images --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One test image with its ground truth outlined and a model's map over it."""
+
+    caption: str
+    pixels: np.ndarray  # [H, W, 3] float in [0, 1]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A model's worst-ranked test images of one class by its image score."""
+
+    label: str
+    false_positives: list[Thumbnail]  # good images, highest score first
+    false_negatives: list[Thumbnail]  # defective images, lowest score first
+    note: str = ""  # why a gallery is empty
+
+
+@dataclass(frozen=True)
+class ClassPictures:
+    dataset: str
+    category: str
+    grid: Figure
+    galleries: list[Gallery]
+
+
+def _outlined(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    if mask is None or not mask.any():
+        return image
+    edge = ndimage.binary_dilation(mask ^ ndimage.binary_erosion(mask))
+    image = image.copy()
+    image[edge] = (0.0, 1.0, 0.0)
+    return image
+
+
+def class_galleries(
+    models: list[_ModelMaps], root: Path, category: str, n_images: int = N_ANOMALOUS
+) -> list[Gallery]:
+    """Per model the good images it scores highest and the defective ones it scores lowest."""
+    from anobench.data.mvtec import index_split
+
+    samples = {s.relative_path: s for s in index_split(root, category, "test")}
+    size = display_size(models, next(iter(samples.values())).image_path if samples else None)
+    galleries = []
+    for model in models:
+        per_image = read_per_image(model.folder / PER_IMAGE_FILE)
+        if per_image is None:
+            galleries.append(Gallery(model.label, [], [], f"no {PER_IMAGE_FILE} (older run)"))
+            continue
+        low, high = float(np.nanmin(model.maps)), float(np.nanmax(model.maps))
+        ranks = np.argsort(np.argsort(-per_image.scores, kind="stable"), kind="stable") + 1
+        by_score = np.argsort(-per_image.scores, kind="stable")
+        good = [i for i in by_score if not per_image.labels[i]][:n_images]
+        missed = [i for i in by_score[::-1] if per_image.labels[i]][:n_images]
+        thumbnails = []
+        for chosen in (good, missed):
+            row = []
+            for index in chosen:
+                path = per_image.paths[index]
+                if path not in samples or path not in model.paths:
+                    continue
+                sample = samples[path]
+                values = _resize_map(model.maps[model.paths.index(path)], size)
+                scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+                mask = _load_mask(sample.mask_path, size) if sample.mask_path else None
+                pixels = _outlined(overlay(_load_image(sample.image_path, size), scaled), mask)
+                caption = (
+                    f"{path} · score {per_image.scores[index]:.4g} · "
+                    f"rank {ranks[index]} of {len(per_image.paths)}"
+                )
+                row.append(Thumbnail(caption, np.clip(pixels, 0.0, 1.0)))
+            thumbnails.append(row)
+        galleries.append(Gallery(model.label, *thumbnails))
+    return galleries
+
+
+def class_pictures(
+    results_dir: Path,
+    records: list[dict[str, Any]],
+    frame: pd.DataFrame,
+    console: Console,
+    galleries: bool = False,
+) -> Iterator[ClassPictures]:
+    """Per dataset and class the grid of maps (and with `galleries` each model's worst-ranked
+    images); classes without maps or test images are named on the console and skipped."""
+    for dataset, data in frame.groupby("dataset", sort=True):
         labels = model_labels(data)
         roots: dict[str, Path] = {}
         for category in category_order(data["category"].unique()):
@@ -311,10 +422,8 @@ def write_figures(
                 if key not in roots:
                     roots[key] = _dataset_root(config)
                 figure = class_grid(models, roots[key], category, f"{dataset} / {category}")
+                found = class_galleries(models, roots[key], category) if galleries else []
             except (AnobenchError, KeyError, OSError) as err:
                 console.print(f"figures: skipped {dataset}/{category}: {err}", markup=False)
                 continue
-            path = out_dir / dataset / f"{category}.png"
-            write_bytes_atomic(path, png_bytes(figure))
-            written.append(path)
-    return written
+            yield ClassPictures(str(dataset), category, figure, found)

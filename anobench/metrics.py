@@ -163,22 +163,68 @@ def _curve(
     # (freed before the counts) + ends, tp, fp 8T each, so at most ~32 bytes per pixel (~0.9 GB
     # for a full MVTec class, 200 x 384 x 384 = 30M); bench/metrics.py measured 16 bytes per
     # pixel (459 MiB) there with 7.6M distinct float32 scores.
-    order = np.argsort(scores, kind="stable")[::-1]  # [P] int64, highest score first
-    ranked = scores[order]
+    return _ranked_curve(_descending_order(scores), scores, positive, defect_weights)
+
+
+def _descending_order(scores: np.ndarray) -> np.ndarray:
+    """[P] int64 indices, highest score first and equal scores by descending index, exactly as
+    np.argsort(scores, kind="stable")[::-1]; float32 scores take a several times faster route,
+    one in-place sort of 64-bit keys (order-preserving score bits << 32 | index)."""
+    if scores.dtype != np.float32 or scores.size >= 2**32:
+        return np.argsort(scores, kind="stable")[::-1]
+    keys = scores.view(np.uint32).astype(np.uint64)
+    negative = keys >= 0x80000000
+    keys ^= np.uint64(0x80000000)  # IEEE floats order as integers once positives get the sign
+    keys[negative] ^= np.uint64(0x7FFFFFFF)  # bit and negatives have all bits flipped
+    keys[keys == 0x7FFFFFFF] = 0x80000000  # -0.0 ties with 0.0
+    del negative
+    keys <<= np.uint64(32)
+    keys |= np.arange(scores.size, dtype=np.uint64)
+    keys.sort()
+    keys &= np.uint64(0xFFFFFFFF)
+    return keys.view(np.int64)[::-1]
+
+
+def _ranked_curve(
+    order: np.ndarray,
+    scores: np.ndarray,
+    positive: np.ndarray,
+    defect_weights: np.ndarray | None = None,
+) -> _Curve | None:
+    """Cumulative counts over the items `order` lists, highest score first; None without both
+    classes among them. defect_weights: PRO weight of every positive of `positive` in flat order.
+    """
+    ranked_positive = positive[order]
+    weights = None
+    if defect_weights is not None:
+        # Only positives carry PRO weight, so the cumulative sum runs over them alone.
+        pos_ranks = np.flatnonzero(ranked_positive)
+        flat_positives = np.flatnonzero(positive)
+        weights = defect_weights[np.searchsorted(flat_positives, order[pos_ranks])]
+        del pos_ranks, flat_positives
+    return _counted_curve(scores[order], ranked_positive, weights)
+
+
+def _counted_curve(
+    ranked: np.ndarray, ranked_positive: np.ndarray, positive_weights: np.ndarray | None = None
+) -> _Curve | None:
+    """Cumulative counts from scores in descending order; None without both classes.
+
+    positive_weights: [n_pos] PRO weight of each positive in that order, or None to skip PRO.
+    """
+    pos_ranks = np.flatnonzero(ranked_positive)  # [n_pos] ranks of the positives
+    n_pos = pos_ranks.size
+    n_neg = ranked.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
     ends = np.flatnonzero(ranked[1:] != ranked[:-1])  # last rank of each group of equal scores
-    ends = np.append(ends, scores.size - 1)  # [T]
-    del ranked
-    pos_ranks = np.flatnonzero(positive[order])  # [n_pos] ranks of the positives
+    ends = np.append(ends, ranked.size - 1)  # [T]
     tp = np.searchsorted(pos_ranks, ends, side="right")
     fp = ends + 1 - tp
     del ends
     overlap = None
-    if defect_weights is not None:
-        # Only positives carry PRO weight, so the cumulative sum runs over them alone.
-        flat_positives = np.flatnonzero(positive)
-        ranked_weights = defect_weights[np.searchsorted(flat_positives, order[pos_ranks])]
-        del order, flat_positives
-        cumulative = np.concatenate(([0.0], np.cumsum(ranked_weights)))
+    if positive_weights is not None:
+        cumulative = np.concatenate(([0.0], np.cumsum(positive_weights)))
         overlap = np.minimum(cumulative[tp], 1.0)
     return _Curve(tp=tp, fp=fp, n_pos=n_pos, n_neg=n_neg, overlap=overlap)
 
@@ -323,3 +369,116 @@ def compute_metrics(
         "pixel_f1_max": _f1_max(pixels),
     }
     return {metric: values[metric] for metric in METRIC_IDS}
+
+
+# --- curves of many resamples at once (anobench.statistics) --------------------------------------
+
+
+def label_regions(masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth regions as the MVTec AD evaluator finds them (8-connected components).
+
+    Returns labels [N, H, W] int64 (0: background, regions numbered 1.. across all images) and
+    the image of each region [R] int64, so region r has label r + 1.
+    """
+    masks = _as_array(masks).astype(bool, copy=False)
+    labels = np.zeros(masks.shape, dtype=np.int64)
+    images = []
+    for index, mask in enumerate(masks):
+        found, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        labels[index] = np.where(found > 0, found + len(images), 0)
+        images.extend([index] * n)
+    return labels, np.asarray(images, dtype=np.int64)
+
+
+def _with_origin(values: np.ndarray) -> np.ndarray:
+    return np.concatenate((np.zeros((*values.shape[:-1], 1)), values), axis=-1)
+
+
+def auroc_from_counts(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """ROC areas from cumulative (weighted) counts [..., T], thresholds high to low, the last
+    flagging everything; trapezoids over grouped ties as `pixel_auroc`; NaN without both classes.
+    """
+    tp0, fp0 = _with_origin(tp), _with_origin(fp)
+    twice_area = np.sum(np.diff(fp0, axis=-1) * (tp0[..., 1:] + tp0[..., :-1]), axis=-1)
+    total = 2.0 * tp[..., -1] * fp[..., -1]
+    return np.divide(twice_area, total, out=np.full(total.shape, np.nan), where=total > 0)
+
+
+def average_precision_from_counts(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Step-wise AP from cumulative (weighted) counts [..., T] as `image_ap`; NaN if no positive."""
+    flagged = tp + fp
+    precision = np.divide(tp, flagged, out=np.zeros(tp.shape), where=flagged > 0)
+    gain = np.diff(_with_origin(tp), axis=-1)
+    n_pos = tp[..., -1]
+    total = np.sum(gain * precision, axis=-1)
+    return np.divide(total, n_pos, out=np.full(n_pos.shape, np.nan), where=n_pos > 0)
+
+
+def aupro_from_curve(fpr: np.ndarray, overlap: np.ndarray, fpr_limit: float) -> np.ndarray:
+    """Normalised area under PRO curves [..., T] (FPR and mean region overlap, thresholds high to
+    low) up to fpr_limit, interpolated at the limit as `pro` does."""
+    _check_fpr_limit(fpr_limit)
+    x, y = _with_origin(fpr), _with_origin(overlap)
+    x0, x1, y0, y1 = x[..., :-1], x[..., 1:], y[..., :-1], y[..., 1:]
+    inside = x1 <= fpr_limit
+    area = np.sum(np.where(inside, (x1 - x0) * (y0 + y1), 0.0), axis=-1) / 2
+    crossing = (x0 < fpr_limit) & ~inside
+    slope = np.divide(y1 - y0, x1 - x0, out=np.zeros(x0.shape), where=crossing)
+    y_limit = y0 + slope * (fpr_limit - x0)
+    area += np.sum(np.where(crossing, (fpr_limit - x0) * (y0 + y_limit), 0.0), axis=-1) / 2
+    return np.clip(area / fpr_limit, 0.0, 1.0)
+
+
+def metrics_by_group(
+    anomaly_maps: Any,
+    masks: Any,
+    image_scores: Any,
+    labels: Any,
+    groups: Sequence[str],
+    *,
+    pro_fpr_limit: float = 0.3,
+    metric_ids: Sequence[str] = METRIC_IDS,
+) -> dict[str, dict[str, float | None]]:
+    """`compute_metrics` (the metrics in metric_ids) on the normal images plus each group's
+    anomalous images, per group (e.g. defect type) of the anomalous images; one sort of all
+    pixels serves every group."""
+    _check_fpr_limit(pro_fpr_limit)
+    maps, masks, scores, labels = _validated(anomaly_maps, masks, image_scores, labels, None)
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise MetricInputError(f"got {groups.size} groups for {labels.size} images.")
+    flat, positive = maps.reshape(-1), masks.reshape(-1)
+    order = _descending_order(flat)
+    ranked, ranked_positive = flat[order], positive[order]
+    ranked_image = (order // (flat.size // max(len(maps), 1))).astype(np.int32)  # [P]
+    region_labels, region_image = label_regions(masks)
+    # 1 / region size of each defect pixel, in rank order; a group divides by its region count
+    region_ids = region_labels.reshape(-1)[order[ranked_positive]] - 1
+    del order, region_labels
+    sizes = np.bincount(region_ids, minlength=region_image.size).astype(np.float64)
+    inverse_size = 1.0 / sizes[region_ids]  # [n_pos]
+    positive_image = ranked_image[ranked_positive]  # [n_pos]
+    found = {}
+    for group in sorted(set(groups[labels].tolist())):
+        keep = ~labels | (groups == group)  # [N] images of this group's test set
+        n_regions = int(np.count_nonzero(keep[region_image]))
+        weights = inverse_size[keep[positive_image]] / n_regions if n_regions else None
+        kept = np.flatnonzero(keep[ranked_image])  # indexing by position beats a bool mask 4x
+        pixels = _counted_curve(ranked[kept], ranked_positive[kept], weights)
+        images = _curve(scores[keep], labels[keep])
+        found[group] = {
+            metric: _FROM_CURVES[metric](images, pixels, pro_fpr_limit) for metric in metric_ids
+        }
+    return found
+
+
+# metric id -> its value from the image curve, the pixel curve and the PRO limit
+_FROM_CURVES = {
+    "image_auroc": lambda images, pixels, limit: _auroc(images),
+    "pixel_auroc": lambda images, pixels, limit: _auroc(pixels),
+    "pro": lambda images, pixels, limit: _aupro(pixels, limit),
+    "image_ap": lambda images, pixels, limit: _average_precision(images),
+    "pixel_ap": lambda images, pixels, limit: _average_precision(pixels),
+    "image_f1_max": lambda images, pixels, limit: _f1_max(images),
+    "pixel_f1_max": lambda images, pixels, limit: _f1_max(pixels),
+}

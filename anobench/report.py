@@ -1,13 +1,8 @@
-"""Results to paper-style tables (rich, Markdown, LaTeX) and a tidy CSV."""
+"""Tables to the terminal (rich), Markdown and LaTeX; the `anobench report` command."""
 
 from __future__ import annotations
 
 import argparse
-import io
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from anobench.data.mvtec import MVTEC_CATEGORIES, OBJECTS, TEXTURES
 from anobench.errors import AnobenchError
-from anobench.metrics import METRIC_IDS
 from anobench.results import (
     ERROR_FILE,
     METRICS_FILE,
@@ -28,448 +21,24 @@ from anobench.results import (
     read_record,
     write_bytes_atomic,
 )
-
-PAPER_METRICS = ("image_auroc", "pixel_auroc", "pro")
-METRIC_TITLES = {
-    "image_auroc": "Image AUROC",
-    "pixel_auroc": "Pixel AUROC",
-    "pro": "PRO",
-    "image_ap": "Image AP",
-    "pixel_ap": "Pixel AP",
-    "image_f1_max": "Image F1-max",
-    "pixel_f1_max": "Pixel F1-max",
-}
-COST_FIELDS = (
-    "params_trainable",
-    "params_total",
-    "gflops_per_image",
-    "train_seconds",
-    "test_seconds",
-    "test_images_per_second",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "peak_gpu_memory_bytes_train",
-    "peak_gpu_memory_bytes_test",
+from anobench.tables import (
+    PUBLISHED_DATASET,
+    TextTable,
+    build_defect_tables,
+    build_tables,
+    format_entry,
+    load_published,
+    paper_table,
+    records_frame,
+    sort_frame,
 )
-_INTEGER_FIELDS = (
-    "params_trainable",
-    "params_total",
-    "peak_gpu_memory_bytes_train",
-    "peak_gpu_memory_bytes_test",
-)
-KEY_COLUMNS = (*RECORD_COLUMNS, "metric")
-CSV_COLUMNS = (*KEY_COLUMNS, "value", "device", "precision", "git_commit", *COST_FIELDS)
-PUBLISHED_DATASET = "mvtec"
-DATASET_TITLES = {"mvtec": "MVTec AD"}
-MISSING = "—"
-NOT_PUBLISHED = "n/p"
-TEXTURES_MEAN, OBJECTS_MEAN, MEAN = "Textures mean", "Objects mean", "Mean"
-# The classes a mean row of the published tables averages over.
-GROUP_CLASSES = {TEXTURES_MEAN: TEXTURES, OBJECTS_MEAN: OBJECTS, MEAN: MVTEC_CATEGORIES}
-
-
-@dataclass(frozen=True)
-class Stat:
-    """A table entry in percent: mean, std over seeds (None: one seed) and seed count."""
-
-    mean: float | None
-    std: float | None = None
-    n: int | None = None  # None: not a seed statistic (a published number, a difference)
-    signed: bool = False
-
-
-Entry = Stat | str
-
-
-@dataclass
-class TextTable:
-    """A table independent of its output format; `rules` are rows preceded by a line."""
-
-    title: str
-    header: list[str]
-    rows: list[list[Entry]]
-    bold: list[set[int]] = field(default_factory=list)
-    rules: set[int] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-    n_seeds: int = 1
-
-
-@dataclass(frozen=True)
-class _Row:
-    label: str
-    classes: tuple[str, ...]
-    group: bool
-
-
-# --- records to frames -------------------------------------------------------------------------
-
-
-def category_order(categories: Iterable[str]) -> list[str]:
-    """MVTec classes in the papers' order (textures, then objects), then any others sorted."""
-    categories = set(categories)
-    return [c for c in MVTEC_CATEGORIES if c in categories] + sorted(
-        c for c in categories if c not in MVTEC_CATEGORIES
-    )
-
-
-def _sort_key(column: pd.Series) -> pd.Series:
-    orders = {"category": MVTEC_CATEGORIES, "metric": METRIC_IDS}
-    if column.name not in orders:
-        return column
-    order = orders[column.name]
-    return column.map(lambda v: f"{order.index(v) if v in order else len(order):03d}{v}")
-
-
-def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows by dataset, method, backbone, class (papers' order), seed and metric."""
-    by = [c for c in KEY_COLUMNS if c in frame.columns]
-    return frame.sort_values(by, key=_sort_key, kind="stable").reset_index(drop=True)
-
-
-def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Finished records as the tidy frame of results.csv: one row per cell and metric."""
-    rows = []
-    for record in records:
-        cost = record.get("cost") or {}
-        base = {key: record[key] for key in RECORD_COLUMNS}
-        base |= {key: record.get(key) for key in ("device", "precision", "git_commit")}
-        base |= {name: cost.get(name) for name in COST_FIELDS}
-        for metric, value in (record.get("metrics") or {}).items():
-            rows.append({**base, "metric": metric, "value": value})
-    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    for column in ("value", *COST_FIELDS):
-        frame[column] = pd.to_numeric(frame[column]).astype(float)
-    for column in _INTEGER_FIELDS:
-        frame[column] = frame[column].round().astype("Int64")
-    frame["seed"] = frame["seed"].astype(int)
-    return sort_frame(frame)
-
-
-def model_labels(frame: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(method, backbone) -> column label: the method, plus the backbone if it has several."""
-    pairs = sorted(set(zip(frame["method"], frame["backbone"], strict=True)))
-    counts = pd.Series([m for m, _ in pairs]).value_counts()
-    return {(m, b): m if counts[m] == 1 else f"{m} ({b})" for m, b in pairs}
-
-
-def load_published() -> pd.DataFrame:
-    """The published per-class numbers (percent) shipped with the package, with their source."""
-    text = resources.files("anobench").joinpath("published", "mvtec_published.csv").read_text()
-    return pd.read_csv(io.StringIO(text))
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def nan_to_none(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
-def class_stat(values: pd.Series) -> Stat:
-    """Mean and sample std (ddof=1) over seeds of one class; None entries are skipped."""
-    values = values.dropna()
-    std = values.std(ddof=1) if len(values) > 1 else None
-    return Stat(nan_to_none(values.mean()) if len(values) else None, std, len(values))
-
-
-def group_stat(values: pd.DataFrame, classes: Sequence[str]) -> Stat:
-    """Mean over classes of the per-class seed means; std over seeds of the per-seed averages.
-
-    `values` holds columns category, seed and value; only seeds with every class count for the std.
-    """
-    values = values[values["category"].isin(classes)].dropna(subset=["value"])
-    if values.empty:
-        return Stat(None, None, 0)
-    mean = values.groupby("category")["value"].mean().mean()
-    wide = values.pivot_table(index="seed", columns="category", values="value", aggfunc="mean")
-    complete = wide.dropna()
-    std = complete.mean(axis=1).std(ddof=1) if len(complete) > 1 else None
-    return Stat(float(mean), nan_to_none(std) if std is not None else None, len(complete))
-
-
-def row_layout(categories: Iterable[str]) -> list[_Row]:
-    """Class rows in the papers' order, then the Textures, Objects and overall mean rows."""
-    ordered = category_order(categories)
-    rows = [_Row(c, (c,), False) for c in ordered]
-    textures = tuple(c for c in ordered if c in TEXTURES)
-    objects = tuple(c for c in ordered if c in OBJECTS)
-    if textures:
-        rows.append(_Row(TEXTURES_MEAN, textures, True))
-    if objects:
-        rows.append(_Row(OBJECTS_MEAN, objects, True))
-    rows.append(_Row(MEAN, tuple(ordered), True))
-    return rows
-
-
-def _rules(layout: list[_Row]) -> set[int]:
-    """Lines after the textures, after the objects, and before the mean rows."""
-    rules = set()
-    for index in range(1, len(layout)):
-        before, here = layout[index - 1], layout[index]
-        kind = [_kind(before), _kind(here)]
-        if kind[0] != kind[1]:
-            rules.add(index)
-    return rules
-
-
-def _kind(row: _Row) -> str:
-    if row.group:
-        return "mean"
-    if row.label in TEXTURES:
-        return "texture"
-    return "object" if row.label in OBJECTS else "other"
-
-
-def row_stat(values: pd.DataFrame, row: _Row) -> Stat:
-    if row.group:
-        return group_stat(values, row.classes)
-    return class_stat(values.loc[values["category"] == row.label, "value"])
-
-
-def published_value(published: pd.DataFrame, method: str, metric: str, label: str) -> float | None:
-    """The published number of a class or mean row; a mean row falls back to the class mean."""
-    rows = published[(published["method"] == method) & (published["metric"] == metric)]
-    values = dict(zip(rows["category"], rows["value"], strict=True))
-    if label in values:
-        return float(values[label])
-    if label == MEAN and "mean" in values:
-        return float(values["mean"])
-    classes = GROUP_CLASSES.get(label)
-    if classes and all(c in values for c in classes):
-        return float(sum(values[c] for c in classes) / len(classes))
-    return None
-
-
-def _difference(measured: Stat, published: float | None, row: _Row) -> Entry:
-    """measured - published; on a mean row only when every class of the paper's mean was run."""
-    if published is None or measured.mean is None:
-        return MISSING
-    if row.group and not set(GROUP_CLASSES.get(row.label, ())) <= set(row.classes):
-        return MISSING
-    return Stat(measured.mean - published, signed=True)
-
-
-def _published_entries(
-    published: pd.DataFrame, method: str, metric: str, row: _Row, measured: Stat
-) -> list[Entry]:
-    value = published_value(published, method, metric, row.label)
-    shown: Entry = NOT_PUBLISHED if value is None else Stat(value)
-    return [shown, _difference(measured, value, row)]
-
-
-def _percent(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.copy()
-    frame["value"] = frame["value"] * 100
-    return frame
-
-
-def _common_n(stats: Iterable[Entry]) -> int:
-    counts = [s.n for s in stats if isinstance(s, Stat) and s.n]
-    return max(counts, default=1)
-
-
-def _notes(frame: pd.DataFrame, table: TextTable, with_published: bool) -> list[str]:
-    notes = []
-    flat = [entry for row in table.rows for entry in row]
-    if table.n_seeds > 1:
-        notes.append(f"mean ± std (sample, ddof=1) over {table.n_seeds} seeds")
-    if any(isinstance(e, Stat) and e.n and e.n != table.n_seeds for e in flat):
-        notes.append("(n=k): only k seeds finished")
-    if with_published:
-        notes.append(f"pub.: published number; Δ = measured − published; {NOT_PUBLISHED}: none")
-    devices = sorted(d for d in frame["device"].dropna().unique())
-    notes.append("hardware: " + ("; ".join(devices) if devices else "not recorded"))
-    return notes
-
-
-def _best_columns(row: list[Entry], columns: list[int]) -> set[int]:
-    """Columns holding the highest value at the printed precision (ties all bold)."""
-    shown = {
-        c: round(row[c].mean, 1)
-        for c in columns
-        if isinstance(row[c], Stat) and row[c].mean is not None
-    }
-    if len(shown) < 2:
-        return set()
-    best = max(shown.values())
-    return {c for c, v in shown.items() if v == best}
-
-
-def _dataset_title(dataset: str) -> str:
-    return DATASET_TITLES.get(dataset, dataset)
-
-
-# --- tables --------------------------------------------------------------------------------------
-
-
-def metric_table(
-    frame: pd.DataFrame, metric: str, published: pd.DataFrame | None = None
-) -> TextTable:
-    """One metric of one dataset: classes as rows, models (+ published, Δ) as columns."""
-    frame = _percent(frame[frame["metric"] == metric])
-    dataset = frame["dataset"].iloc[0]
-    labels = model_labels(frame)
-    layout = row_layout(frame["category"].unique())
-    header, measured_columns = ["Class"], []
-    with_pub = _published_methods(published, dataset, labels)
-    for method, backbone in labels:
-        measured_columns.append(len(header))
-        header.append(labels[method, backbone])
-        if method in with_pub:
-            header += [f"{method} pub.", "Δ"]
-    rows = []
-    for row in layout:
-        entries: list[Entry] = [row.label]
-        for method, backbone in labels:
-            model = frame[(frame["method"] == method) & (frame["backbone"] == backbone)]
-            stat = row_stat(model, row)
-            entries.append(stat)
-            if method in with_pub:
-                entries += _published_entries(published, method, metric, row, stat)
-        rows.append(entries)
-    title = f"{METRIC_TITLES.get(metric, metric)} (%) on {_dataset_title(dataset)}"
-    table = TextTable(title, header, rows, rules=_rules(layout))
-    table.bold = [_best_columns(r, measured_columns) for r in rows]
-    table.n_seeds = _common_n(e for r in rows for e in r)
-    table.notes = _notes(frame, table, bool(with_pub))
-    return table
-
-
-def paper_table(
-    frame: pd.DataFrame,
-    metrics: Sequence[str] = PAPER_METRICS,
-    published: pd.DataFrame | None = None,
-) -> TextTable:
-    """One model on one dataset in the papers' layout: classes as rows, metrics as columns."""
-    frame = _percent(frame)
-    dataset, method, backbone = (frame[c].iloc[0] for c in ("dataset", "method", "backbone"))
-    with_pub = bool(_published_methods(published, dataset, {(method, backbone): method}))
-    layout = row_layout(frame["category"].unique())
-    header = ["Class"]
-    for metric in metrics:
-        header.append(METRIC_TITLES.get(metric, metric))
-        if with_pub:
-            header += ["pub.", "Δ"]
-    rows = []
-    for row in layout:
-        entries: list[Entry] = [row.label]
-        for metric in metrics:
-            stat = row_stat(frame[frame["metric"] == metric], row)
-            entries.append(stat)
-            if with_pub:
-                entries += _published_entries(published, method, metric, row, stat)
-        rows.append(entries)
-    title = f"{method} ({backbone}) on {_dataset_title(dataset)}, percent"
-    table = TextTable(title, header, rows, bold=[set() for _ in rows], rules=_rules(layout))
-    table.n_seeds = _common_n(e for r in rows for e in r)
-    table.notes = _notes(frame, table, with_pub)
-    return table
-
-
-def _published_methods(
-    published: pd.DataFrame | None, dataset: str, labels: dict[tuple[str, str], str]
-) -> set[str]:
-    if published is None or dataset != PUBLISHED_DATASET:
-        return set()
-    return {m for m, _ in labels} & set(published["method"])
-
-
-def _mean(values: pd.Series) -> float | None:
-    values = values.dropna()
-    return float(values.mean()) if len(values) else None
-
-
-def _max(values: pd.Series) -> float | None:
-    values = values.dropna()
-    return float(values.max()) if len(values) else None
-
-
-def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    return MISSING if value is None else f"{value / scale:.{digits}f}"
-
-
-def cost_table(frame: pd.DataFrame) -> TextTable | None:
-    """What each model cost on one dataset (means over cells, peaks as maxima), or None."""
-    cells = frame.drop_duplicates(subset=list(RECORD_COLUMNS))
-    if cells[list(COST_FIELDS)].isna().all().all():
-        return None
-    labels = model_labels(cells)
-    quantities: list[tuple[str, Any]] = [
-        ("Params trainable (M)", lambda c: fmt_number(_mean(c["params_trainable"]), 1e6, 2)),
-        ("Params total (M)", lambda c: fmt_number(_mean(c["params_total"]), 1e6, 2)),
-        ("GFLOPs / image", lambda c: fmt_number(_mean(c["gflops_per_image"]), 1, 2)),
-        ("Train time / class (s)", lambda c: fmt_number(_mean(c["train_seconds"]))),
-        ("Train time, all cells (min)", lambda c: fmt_number(_sum(c["train_seconds"]), 60)),
-        (
-            "Peak GPU memory, train (GiB)",
-            lambda c: fmt_number(_max(c["peak_gpu_memory_bytes_train"]), 2**30, 2),
-        ),
-        (
-            "Peak GPU memory, test (GiB)",
-            lambda c: fmt_number(_max(c["peak_gpu_memory_bytes_test"]), 2**30, 2),
-        ),
-        ("Throughput (images/s)", lambda c: fmt_number(_mean(c["test_images_per_second"]))),
-        ("Latency p50 (ms / image)", lambda c: fmt_number(_mean(c["latency_ms_p50"]), 1, 2)),
-        ("Latency p95 (ms / image)", lambda c: fmt_number(_mean(c["latency_ms_p95"]), 1, 2)),
-        ("Precision", lambda c: _joined(c["precision"])),
-        ("Hardware", lambda c: _joined(c["device"])),
-        ("Cells", lambda c: str(len(c))),
-    ]
-    rows: list[list[Entry]] = []
-    for name, compute in quantities:
-        row: list[Entry] = [name]
-        for method, backbone in labels:
-            model = cells[(cells["method"] == method) & (cells["backbone"] == backbone)]
-            row.append(compute(model))
-        rows.append(row)
-    dataset = cells["dataset"].iloc[0]
-    return TextTable(
-        f"Cost on {_dataset_title(dataset)}",
-        ["", *labels.values()],
-        rows,
-        bold=[set() for _ in rows],
-        rules={len(quantities) - 3},
-        notes=["means over cells (classes x seeds); peak memory: maximum; —: not recorded"],
-    )
-
-
-def _sum(values: pd.Series) -> float | None:
-    values = values.dropna()
-    return float(values.sum()) if len(values) else None
-
-
-def _joined(values: pd.Series) -> str:
-    found = sorted(str(v) for v in values.dropna().unique())
-    return "; ".join(found) if found else MISSING
-
 
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def format_entry(entry: Entry, n_seeds: int = 1, latex: bool = False) -> str:
-    """One entry as papers print it: 97.9, 97.9 ± 0.3, +1.2; missing values as —."""
-    if isinstance(entry, str):
-        return entry
-    if entry.mean is None:
-        return MISSING
-    text = _signed(entry.mean, latex) if entry.signed else f"{entry.mean:.1f}"
-    if entry.std is not None:
-        text += (r" $\pm$ " if latex else " ± ") + f"{entry.std:.1f}"
-    if entry.n is not None and entry.n != n_seeds:
-        text += f" (n={entry.n})"
-    return text
-
-
-def _signed(value: float, latex: bool) -> str:
-    """+1.2 / -0.4 / 0.0 (no signed zero); LaTeX gets math-mode signs."""
-    text = f"{value:+.1f}"
-    if text in ("+0.0", "-0.0"):
-        return "0.0"
-    return f"${text[0]}${text[1:]}" if latex else text
-
-
 def to_rich(table: TextTable) -> Table:
-    rich_table = Table(title=table.title, caption="; ".join(table.notes), caption_justify="left")
+    caption = Text("; ".join(table.notes))  # plain text: "[low, high]" is not markup
+    rich_table = Table(title=table.title, caption=caption, caption_justify="left")
     for index, name in enumerate(table.header):
         rich_table.add_column(name, justify="left" if index == 0 else "right")
     for index, row in enumerate(table.rows):
@@ -556,37 +125,6 @@ def to_latex(table: TextTable, label: str) -> str:
 # --- report command ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NamedTable:
-    name: str  # file stem
-    table: TextTable
-    terminal: bool  # also printed by `anobench report`
-
-
-def build_tables(frame: pd.DataFrame, published: pd.DataFrame | None) -> list[NamedTable]:
-    """Every table of a report: per model (paper layout), per metric, and costs, per dataset."""
-    tables = []
-    datasets = list(dict.fromkeys(frame["dataset"]))
-    for dataset in datasets:
-        suffix = "" if len(datasets) == 1 else f"_{dataset}"
-        data = frame[frame["dataset"] == dataset]
-        labels = model_labels(data)
-        for (method, backbone), label in labels.items():
-            model = data[(data["method"] == method) & (data["backbone"] == backbone)]
-            stem = method if label == method else f"{method}_{backbone}"
-            tables.append(
-                NamedTable(f"paper_{stem}{suffix}", paper_table(model, published=published), True)
-            )
-        for metric in [m for m in METRIC_IDS if m in set(data["metric"])]:
-            table = metric_table(data, metric, published)
-            shown = len(labels) > 1 and metric in PAPER_METRICS
-            tables.append(NamedTable(f"table_{metric}{suffix}", table, shown))
-        costs = cost_table(data)
-        if costs is not None:
-            tables.append(NamedTable(f"table_cost{suffix}", costs, True))
-    return tables
-
-
 def print_run_table(results_dir: Path, cells: list[Cell], console: Console) -> None:
     """The paper-layout table of the cells of one run (those that finished)."""
     records = [read_record(cell.directory(results_dir) / METRICS_FILE) for cell in cells]
@@ -668,7 +206,7 @@ def report_command(ns: argparse.Namespace) -> int:
         console.print(f"dataset {dataset}: no published numbers (they exist for MVTec AD only)")
     written = [out_dir / "results.csv"]
     write_bytes_atomic(written[0], frame.to_csv(index=False).encode())
-    for named in build_tables(frame, published):
+    for named in build_tables(frame, published, intervals=ns.ci):
         if named.terminal:
             console.print(to_rich(named.table))
         for suffix, text in (
@@ -678,10 +216,40 @@ def report_command(ns: argparse.Namespace) -> int:
             path = out_dir / f"{named.name}{suffix}"
             write_bytes_atomic(path, text.encode())
             written.append(path)
+    if ns.by_defect:
+        written += write_defect_tables(records, out_dir, console)
     console.print(f"wrote {len(written)} files (results.csv, *.md, *.tex) to {out_dir}")
     if ns.figures:
         from anobench.figures import write_figures
 
         figures = write_figures(results_dir, records, frame, out_dir / "figures", console)
         console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}")
+    if ns.html:
+        from anobench.html_report import write_html_report
+
+        path = write_html_report(results_dir, records, frame, published, out_dir, console)
+        console.print(f"wrote {path} (self-contained; open it in a browser)")
     return 0
+
+
+def write_defect_tables(
+    records: list[dict[str, Any]], out_dir: Path, console: Console
+) -> list[Path]:
+    """`report --by-defect`: print each model's per-defect table, write it as .md and .tex."""
+    lacking = sum("by_defect" not in r for r in records)
+    if lacking:
+        console.print(
+            f"by-defect: {lacking} of {len(records)} cells predate per-defect metrics; "
+            "rerun them with overwrite=true to add them"
+        )
+    written = []
+    for named in build_defect_tables(records):
+        console.print(to_rich(named.table))
+        for suffix, text in (
+            (".md", to_markdown(named.table)),
+            (".tex", to_latex(named.table, named.name)),
+        ):
+            path = out_dir / f"{named.name}{suffix}"
+            write_bytes_atomic(path, text.encode())
+            written.append(path)
+    return written

@@ -36,6 +36,7 @@ from anobench.errors import AnobenchError
 from anobench.hardware import Hardware, create_hardware, seed_everything
 from anobench.methods import MethodContext, create_method
 from anobench.metrics import compute_metrics
+from anobench.per_image import PER_IMAGE_FILE, write_per_image
 from anobench.results import (
     CHECKPOINT_FILE,
     ERROR_FILE,
@@ -49,6 +50,7 @@ from anobench.results import (
     write_json_atomic,
     write_maps_atomic,
 )
+from anobench.statistics import cell_statistics
 from anobench.sweeps import current_job_index
 
 log = logging.getLogger("anobench")
@@ -73,6 +75,7 @@ class RunPlan:
     pro_fpr_limit: float = 0.3
     progress: bool = True
     latency_repeats: int = 20
+    bootstrap_resamples: int = 1000
 
 
 @dataclass
@@ -165,6 +168,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         pro_fpr_limit=cfg.pro_fpr_limit,
         progress=cfg.progress,
         latency_repeats=cfg.latency_repeats,
+        bootstrap_resamples=cfg.bootstrap_resamples,
     )
 
 
@@ -304,6 +308,15 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         pro_fpr_limit=plan.pro_fpr_limit,
         image_names=paths,
     )
+    statistics = cell_statistics(
+        maps_np,
+        torch.cat(masks).numpy(),
+        torch.cat(image_scores).numpy(),
+        torch.cat(labels).numpy(),
+        paths,
+        resamples=plan.bootstrap_resamples,
+        pro_fpr_limit=plan.pro_fpr_limit,
+    )
     trainable, total = count_parameters(method)
     inference = (
         measure_inference(
@@ -317,6 +330,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         "status": "done",
         **dataclasses.asdict(cell),
         "metrics": metrics,
+        **statistics.record_fields(),
         "cost": {
             "params_trainable": trainable,
             "params_total": total,
@@ -338,6 +352,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         "finished": _now(),
         "config": plan.resolved_config,
     }
+    write_per_image(cell_dir / PER_IMAGE_FILE, statistics.per_image)
     if plan.save_maps:
         write_maps_atomic(cell_dir / MAPS_FILE, maps_np, paths)
     write_json_atomic(cell_dir / METRICS_FILE, record)

@@ -16,6 +16,7 @@ from anobench.figures import (
     CELL_INCHES,
     DPI,
     HEADER_INCHES,
+    grid_size,
     overlay,
     select_images,
 )
@@ -136,3 +137,36 @@ def test_grid_size_is_cells_plus_header(n_rows):
     from anobench.figures import grid_size
 
     assert grid_size(n_rows, 2) == (600, round((n_rows * 2.0 + HEADER_INCHES) * 100))
+
+
+def test_grids_keep_the_test_images_aspect_ratio(tmp_path):
+    root, results, out = tmp_path / "data", tmp_path / "results", tmp_path / "out"
+    write_class(root)
+    for path in (root / "carpet").rglob("*.png"):  # tall images: 48 high, 32 wide
+        with Image.open(path) as image:
+            image.resize((SIZE, 48), Image.Resampling.NEAREST).save(path)
+    write_cell(results, root, "a", 0, 0.9)
+    assert main(["report", str(results), "--out", str(out), "--figures"]) == 0
+    with Image.open(out / "figures" / "mvtec" / "carpet.png") as png:
+        assert png.size == grid_size(4, 1, aspect=1.5)
+    assert grid_size(4, 1, aspect=1.5) == (400, round((4 * 3.0 + HEADER_INCHES) * DPI))
+
+
+def test_every_bar_axis_starts_at_the_same_value():
+    from anobench.figures import metric_bars
+    from anobench.tables import records_frame
+
+    records = [
+        {
+            "dataset": "mvtec",
+            "method": "a",
+            "backbone": "bb",
+            "category": category,
+            "seed": 0,
+            "metrics": {"image_auroc": 0.98, "pixel_auroc": 0.97, "pro": pro},
+        }
+        for category, pro in (("carpet", 0.32), ("bottle", 0.9))
+    ]
+    figure = metric_bars(records_frame(records))
+    limits = {ax.get_ylim() for ax in figure.axes}
+    assert limits == {(20.0, 100.0)}  # the lowest bar (32) sets every panel's floor

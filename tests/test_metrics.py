@@ -269,3 +269,17 @@ def test_non_binary_masks_and_bad_fpr_limits_raise() -> None:
         with pytest.raises(MetricInputError, match="pro_fpr_limit"):
             metrics.pro(maps, masks, limit)
     assert not math.isnan(metrics.pro(maps, masks.astype(np.uint8), 1.0))
+
+
+def test_float32_sort_route_orders_like_a_stable_argsort() -> None:
+    rng = np.random.default_rng(0)
+    values = np.round(rng.standard_normal(2000) * 4) / 4  # ties, negatives
+    values[:50] = 0.0
+    values[50:100] = -0.0
+    scores = values.astype(np.float32)
+    order = metrics._descending_order(scores)
+    assert np.array_equal(order, np.argsort(scores, kind="stable")[::-1])
+    labels = rng.random(2000) < 0.3
+    assert metrics.image_auroc(scores, labels) == pytest.approx(
+        roc_auc_score(labels, scores), abs=1e-12
+    )

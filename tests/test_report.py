@@ -12,7 +12,9 @@ from rich.console import Console
 
 from anobench.cli import main
 from anobench.data.mvtec import MVTEC_CATEGORIES
-from anobench.report import (
+from anobench.report import print_run_table, status_frame, to_latex, to_markdown
+from anobench.results import Cell
+from anobench.tables import (
     CSV_COLUMNS,
     MEAN,
     NOT_PUBLISHED,
@@ -25,13 +27,8 @@ from anobench.report import (
     load_published,
     metric_table,
     paper_table,
-    print_run_table,
     records_frame,
-    status_frame,
-    to_latex,
-    to_markdown,
 )
-from anobench.results import Cell
 
 
 def make_record(

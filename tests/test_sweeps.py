@@ -358,7 +358,7 @@ def _expected_files(seeds: list[int]) -> set[str]:
         str(Cell(*KNN, c, s).directory(Path()) / name)
         for c in CLASSES
         for s in seeds
-        for name in (METRICS_FILE, "maps.npz")
+        for name in (METRICS_FILE, "maps.npz", "per_image.npz")
     }
 
 
