@@ -28,6 +28,7 @@ def read_results_csv(path: Path) -> pd.DataFrame:
         ) from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise AnobenchError(f"{path} is not a readable CSV ({err}); pass a results.csv.") from err
+    frame = with_variant(frame)
     missing = [c for c in (*KEY_COLUMNS, "value") if c not in frame.columns]
     if missing:
         raise AnobenchError(
@@ -45,6 +46,12 @@ def read_results_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
+def with_variant(frame: pd.DataFrame) -> pd.DataFrame:
+    """A `variant` column ("" = reference setting), also for tables written before variants."""
+    variant = frame["variant"].fillna("") if "variant" in frame.columns else ""
+    return frame.assign(variant=variant)
+
+
 def compare_frames(
     baseline: pd.DataFrame, candidate: pd.DataFrame, tolerance: float
 ) -> pd.DataFrame:
@@ -54,6 +61,7 @@ def compare_frames(
     improved (gain > tolerance), same (within the tolerance) or new (in the candidate only).
     """
     keys = list(KEY_COLUMNS)
+    baseline, candidate = with_variant(baseline), with_variant(candidate)
     merged = baseline[[*keys, "value"]].merge(
         candidate[[*keys, "value"]], on=keys, how="outer", suffixes=("_b", "_c"), indicator=True
     )
@@ -87,9 +95,34 @@ def compare_summary(diff: pd.DataFrame, tolerance: float) -> tuple[str, bool]:
     return line, ok
 
 
+def variant_note(baseline: pd.DataFrame, candidate: pd.DataFrame) -> str | None:
+    """A line naming the variants only one table holds (their cells cannot match), or None."""
+    models = ["dataset", "method", "backbone", "variant"]
+    sides = [
+        set(frame[models].itertuples(index=False, name=None)) for frame in (baseline, candidate)
+    ]
+    only = [sorted(sides[0] - sides[1]), sorted(sides[1] - sides[0])]
+    if not only[0] and not only[1]:
+        return None
+
+    def named(models_of: list[tuple]) -> str:
+        return ", ".join(
+            f"{m}+{v}" if v else f"{m} (reference setting)" for _, m, _, v in models_of
+        )
+
+    parts = [
+        f"{side} only: {named(found)}"
+        for side, found in zip(("baseline", "candidate"), only, strict=True)
+        if found
+    ]
+    return "note: the tables hold different variants (cells match only within one); " + "; ".join(
+        parts
+    )
+
+
 def _diff_table(diff: pd.DataFrame) -> Table:
     table = Table(title="Changed cells (percent; Δ = candidate − baseline, points)")
-    for name in ("method", "backbone", "category", "seed", "metric"):
+    for name in ("method", "variant", "backbone", "category", "seed", "metric"):
         table.add_column(name)
     for name in ("baseline", "candidate", "Δ", "status"):
         table.add_column(name, justify="right")
@@ -98,7 +131,7 @@ def _diff_table(diff: pd.DataFrame) -> Table:
         values = [fmt_number(nan_to_none(row[c])) for c in ("baseline", "candidate")]
         delta = MISSING if math.isnan(row["delta"]) else f"{row['delta']:+.2f}"
         table.add_row(
-            *(str(row[c]) for c in ("method", "backbone", "category", "seed", "metric")),
+            *(str(row[c]) for c in ("method", "variant", "backbone", "category", "seed", "metric")),
             *values,
             delta,
             Text(row["status"], style=styles.get(row["status"], "")),
@@ -123,6 +156,9 @@ def compare_command(ns: argparse.Namespace) -> int:
         candidate = candidate[candidate["metric"].isin(ns.metric)]
     diff = compare_frames(baseline, candidate, ns.tolerance)
     console = Console()
+    note = variant_note(baseline, candidate)
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     shown = diff[(diff["status"] != "same") | (diff["delta"].abs() >= 0.005)]
     if not shown.empty:
         console.print(_diff_table(shown))

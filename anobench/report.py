@@ -18,14 +18,16 @@ from rich.text import Text
 
 from anobench.data.mvtec import MVTEC_CATEGORIES, OBJECTS, TEXTURES
 from anobench.errors import AnobenchError
+from anobench.identity import describe_record, record_arguments
 from anobench.metrics import METRIC_IDS
 from anobench.results import (
     ERROR_FILE,
     METRICS_FILE,
     RECORD_COLUMNS,
+    VARIANT_SEPARATOR,
     Cell,
     iter_records,
-    read_record,
+    read_checked,
     write_bytes_atomic,
 )
 
@@ -58,7 +60,20 @@ _INTEGER_FIELDS = (
     "peak_gpu_memory_bytes_test",
 )
 KEY_COLUMNS = (*RECORD_COLUMNS, "metric")
-CSV_COLUMNS = (*KEY_COLUMNS, "value", "device", "precision", "git_commit", *COST_FIELDS)
+IDENTITY_COLUMNS = ("pretrained", "overrides")
+CSV_COLUMNS = (
+    *KEY_COLUMNS,
+    "value",
+    *IDENTITY_COLUMNS,
+    "device",
+    "precision",
+    "git_commit",
+    *COST_FIELDS,
+)
+# A model of a table: a method setting (variant) with a backbone and its weights.
+MODEL_COLUMNS = ("method", "backbone", "variant", "pretrained")
+# Keys of the evaluation protocol: a variant that changes one is not compared with papers.
+PROTOCOL_KEYS = ("pro_fpr_limit",)
 PUBLISHED_DATASET = "mvtec"
 DATASET_TITLES = {"mvtec": "MVTec AD"}
 MISSING = "—"
@@ -131,7 +146,10 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for record in records:
         cost = record.get("cost") or {}
-        base = {key: record[key] for key in RECORD_COLUMNS}
+        base = {key: record.get(key) for key in RECORD_COLUMNS}
+        base["variant"] = record.get("variant") or ""
+        base["pretrained"] = record.get("pretrained")
+        base["overrides"] = " ".join(record_arguments(record))
         base |= {key: record.get(key) for key in ("device", "precision", "git_commit")}
         base |= {name: cost.get(name) for name in COST_FIELDS}
         for metric, value in (record.get("metrics") or {}).items():
@@ -145,11 +163,58 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return sort_frame(frame)
 
 
-def model_labels(frame: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(method, backbone) -> column label: the method, plus the backbone if it has several."""
-    pairs = sorted(set(zip(frame["method"], frame["backbone"], strict=True)))
-    counts = pd.Series([m for m, _ in pairs]).value_counts()
-    return {(m, b): m if counts[m] == 1 else f"{m} ({b})" for m, b in pairs}
+def model_keys(frame: pd.DataFrame) -> list[tuple]:
+    """The models (MODEL_COLUMNS tuples) of a frame, sorted."""
+    columns = [c for c in MODEL_COLUMNS if c in frame.columns]
+    keys = set(frame[columns].itertuples(index=False, name=None))
+    keys = {(*key, *([""] if "variant" not in columns else []), None)[:4] for key in keys}
+    return sorted(keys, key=lambda k: tuple(str(v) for v in k))
+
+
+def select_model(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The rows of one model (a MODEL_COLUMNS tuple)."""
+    columns = [c for c in MODEL_COLUMNS if c in frame.columns]
+    wanted = tuple(key[MODEL_COLUMNS.index(c)] for c in columns)
+    rows = [tuple(r) == wanted for r in frame[columns].itertuples(index=False, name=None)]
+    return frame[rows]
+
+
+def model_labels(frame: pd.DataFrame) -> dict[tuple, str]:
+    """Model -> column label: the method (with `+variant`), the backbone if the method ran
+    with several, and `random weights` when the backbone was not pretrained."""
+    keys = model_keys(frame)
+    backbones: dict[str, set[str]] = {}
+    for method, backbone, *_ in keys:
+        backbones.setdefault(method, set()).add(backbone)
+    labels = {}
+    for key in keys:
+        method, backbone, variant, pretrained = key
+        name = f"{method}{VARIANT_SEPARATOR}{variant}" if variant else method
+        details = [backbone] if len(backbones[method]) > 1 else []
+        details += ["random weights"] if pretrained is False else []
+        labels[key] = f"{name} ({', '.join(details)})" if details else name
+    return labels
+
+
+def _variant_notes(frame: pd.DataFrame) -> list[str]:
+    """One note per model whose setting is not the paper's: the overrides that make it."""
+    if "overrides" not in frame.columns:
+        return []
+    labels = model_labels(frame)
+    notes = []
+    for key, label in labels.items():
+        overrides = select_model(frame, key)["overrides"].dropna().unique()
+        if len(overrides) and overrides[0]:
+            notes.append(f"{label} = method={key[0]} {overrides[0]}")
+    return notes
+
+
+def _standard_protocol(frame: pd.DataFrame, key: tuple) -> bool:
+    """Whether a model was evaluated as the papers were (no protocol key overridden)."""
+    if "overrides" not in frame.columns:
+        return True
+    texts = select_model(frame, key)["overrides"].dropna()
+    return not any(f"{k}=" in text for text in texts for k in PROTOCOL_KEYS)
 
 
 def load_published() -> pd.DataFrame:
@@ -295,7 +360,10 @@ def _best_columns(row: list[Entry], columns: list[int]) -> set[int]:
     return {c for c, v in shown.items() if v == best}
 
 
-def _dataset_title(dataset: str) -> str:
+def _dataset_title(dataset: str, categories: Iterable[str] = ()) -> str:
+    """MVTec AD only when every class is one of it; else the dataset's own name."""
+    if dataset == PUBLISHED_DATASET and not set(categories) <= set(MVTEC_CATEGORIES):
+        return dataset
     return DATASET_TITLES.get(dataset, dataset)
 
 
@@ -307,31 +375,29 @@ def metric_table(
 ) -> TextTable:
     """One metric of one dataset: classes as rows, models (+ published, Δ) as columns."""
     frame = _percent(frame[frame["metric"] == metric])
-    dataset = frame["dataset"].iloc[0]
     labels = model_labels(frame)
     layout = row_layout(frame["category"].unique())
     header, measured_columns = ["Class"], []
-    with_pub = _published_methods(published, dataset, labels)
-    for method, backbone in labels:
+    with_pub = _published_models(published, frame, labels)
+    for key, label in labels.items():
         measured_columns.append(len(header))
-        header.append(labels[method, backbone])
-        if method in with_pub:
-            header += [f"{method} pub.", "Δ"]
+        header.append(label)
+        if key in with_pub:
+            header += [f"{key[0]} pub.", "Δ"]
     rows = []
     for row in layout:
         entries: list[Entry] = [row.label]
-        for method, backbone in labels:
-            model = frame[(frame["method"] == method) & (frame["backbone"] == backbone)]
-            stat = row_stat(model, row)
+        for key in labels:
+            stat = row_stat(select_model(frame, key), row)
             entries.append(stat)
-            if method in with_pub:
-                entries += _published_entries(published, method, metric, row, stat)
+            if key in with_pub:
+                entries += _published_entries(published, key[0], metric, row, stat)
         rows.append(entries)
-    title = f"{METRIC_TITLES.get(metric, metric)} (%) on {_dataset_title(dataset)}"
+    title = f"{METRIC_TITLES.get(metric, metric)} (%) on {_frame_title(frame)}"
     table = TextTable(title, header, rows, rules=_rules(layout))
     table.bold = [_best_columns(r, measured_columns) for r in rows]
     table.n_seeds = _common_n(e for r in rows for e in r)
-    table.notes = _notes(frame, table, bool(with_pub))
+    table.notes = _notes(frame, table, bool(with_pub)) + _variant_notes(frame)
     return table
 
 
@@ -342,8 +408,9 @@ def paper_table(
 ) -> TextTable:
     """One model on one dataset in the papers' layout: classes as rows, metrics as columns."""
     frame = _percent(frame)
-    dataset, method, backbone = (frame[c].iloc[0] for c in ("dataset", "method", "backbone"))
-    with_pub = bool(_published_methods(published, dataset, {(method, backbone): method}))
+    method, backbone = (frame[c].iloc[0] for c in ("method", "backbone"))
+    (key,) = model_keys(frame)
+    with_pub = bool(_published_models(published, frame, {key: method}))
     layout = row_layout(frame["category"].unique())
     header = ["Class"]
     for metric in metrics:
@@ -359,19 +426,27 @@ def paper_table(
             if with_pub:
                 entries += _published_entries(published, method, metric, row, stat)
         rows.append(entries)
-    title = f"{method} ({backbone}) on {_dataset_title(dataset)}, percent"
+    name = f"{method}{VARIANT_SEPARATOR}{key[2]}" if key[2] else method
+    weights = ", random weights" if key[3] is False else ""
+    title = f"{name} ({backbone}{weights}) on {_frame_title(frame)}, percent"
     table = TextTable(title, header, rows, bold=[set() for _ in rows], rules=_rules(layout))
     table.n_seeds = _common_n(e for r in rows for e in r)
-    table.notes = _notes(frame, table, with_pub)
+    table.notes = _notes(frame, table, with_pub) + _variant_notes(frame)
     return table
 
 
-def _published_methods(
-    published: pd.DataFrame | None, dataset: str, labels: dict[tuple[str, str], str]
-) -> set[str]:
-    if published is None or dataset != PUBLISHED_DATASET:
+def _frame_title(frame: pd.DataFrame) -> str:
+    return _dataset_title(frame["dataset"].iloc[0], frame["category"].unique())
+
+
+def _published_models(
+    published: pd.DataFrame | None, frame: pd.DataFrame, labels: dict[tuple, str]
+) -> set[tuple]:
+    """Models with published numbers: a published method on MVTec AD, standard protocol."""
+    if published is None or frame["dataset"].iloc[0] != PUBLISHED_DATASET:
         return set()
-    return {m for m, _ in labels} & set(published["method"])
+    methods = set(published["method"])
+    return {k for k in labels if k[0] in methods and _standard_protocol(frame, k)}
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -390,7 +465,7 @@ def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
 
 def cost_table(frame: pd.DataFrame) -> TextTable | None:
     """What each model cost on one dataset (means over cells, peaks as maxima), or None."""
-    cells = frame.drop_duplicates(subset=list(RECORD_COLUMNS))
+    cells = frame.drop_duplicates(subset=[c for c in RECORD_COLUMNS if c in frame.columns])
     if cells[list(COST_FIELDS)].isna().all().all():
         return None
     labels = model_labels(cells)
@@ -418,18 +493,19 @@ def cost_table(frame: pd.DataFrame) -> TextTable | None:
     rows: list[list[Entry]] = []
     for name, compute in quantities:
         row: list[Entry] = [name]
-        for method, backbone in labels:
-            model = cells[(cells["method"] == method) & (cells["backbone"] == backbone)]
-            row.append(compute(model))
+        for key in labels:
+            row.append(compute(select_model(cells, key)))
         rows.append(row)
-    dataset = cells["dataset"].iloc[0]
     return TextTable(
-        f"Cost on {_dataset_title(dataset)}",
+        f"Cost on {_frame_title(cells)}",
         ["", *labels.values()],
         rows,
         bold=[set() for _ in rows],
         rules={len(quantities) - 3},
-        notes=["means over cells (classes x seeds); peak memory: maximum; —: not recorded"],
+        notes=[
+            "means over cells (classes x seeds); peak memory: maximum; —: not recorded",
+            *_variant_notes(cells),
+        ],
     )
 
 
@@ -571,11 +647,13 @@ def build_tables(frame: pd.DataFrame, published: pd.DataFrame | None) -> list[Na
         suffix = "" if len(datasets) == 1 else f"_{dataset}"
         data = frame[frame["dataset"] == dataset]
         labels = model_labels(data)
-        for (method, backbone), label in labels.items():
-            model = data[(data["method"] == method) & (data["backbone"] == backbone)]
-            stem = method if label == method else f"{method}_{backbone}"
+        stems = _model_stems(labels)
+        for key in labels:
+            model = select_model(data, key)
             tables.append(
-                NamedTable(f"paper_{stem}{suffix}", paper_table(model, published=published), True)
+                NamedTable(
+                    f"paper_{stems[key]}{suffix}", paper_table(model, published=published), True
+                )
             )
         for metric in [m for m in METRIC_IDS if m in set(data["metric"])]:
             table = metric_table(data, metric, published)
@@ -587,14 +665,31 @@ def build_tables(frame: pd.DataFrame, published: pd.DataFrame | None) -> list[Na
     return tables
 
 
+def _model_stems(labels: dict[tuple, str]) -> dict[tuple, str]:
+    """File stems: method[_variant][_backbone if it has several][_random if needed to differ]."""
+    backbones: dict[str, set[str]] = {}
+    for method, backbone, *_ in labels:
+        backbones.setdefault(method, set()).add(backbone)
+    stems = {}
+    for key in labels:
+        method, backbone, variant, _ = key
+        parts = [method, variant, backbone if len(backbones[method]) > 1 else ""]
+        stems[key] = "_".join(p for p in parts if p)
+    taken = list(stems.values())
+    for key, stem in stems.items():
+        if taken.count(stem) > 1 and key[3] is False:
+            stems[key] = f"{stem}_random"
+    return stems
+
+
 def print_run_table(results_dir: Path, cells: list[Cell], console: Console) -> None:
     """The paper-layout table of the cells of one run (those that finished)."""
-    records = [read_record(cell.directory(results_dir) / METRICS_FILE) for cell in cells]
+    records = [read_checked(cell.directory(results_dir) / METRICS_FILE)[0] for cell in cells]
     frame = records_frame(r for r in records if r is not None)
     if frame.empty:
         return
     published = load_published()
-    for _, model in frame.groupby(["dataset", "method", "backbone"], sort=False):
+    for _, model in frame.groupby(["dataset", *MODEL_COLUMNS], sort=False, dropna=False):
         console.print(to_rich(paper_table(model, published=published)))
 
 
@@ -605,18 +700,19 @@ def status_frame(done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> pd
     """
     rows: dict[tuple, tuple[str, str]] = {}
     for record in failed:
-        rows[tuple(record[k] for k in RECORD_COLUMNS)] = ("failed", record.get("error", ""))
+        rows[_cell_key(record)] = ("failed", record.get("error", ""))
     for record in done:
-        rows[tuple(record[k] for k in RECORD_COLUMNS)] = ("done", "")
+        rows[_cell_key(record)] = ("done", "")
     classes: dict[str, set[str]] = {}
-    seeds: dict[tuple[str, str, str], set[int]] = {}
-    for dataset, method, backbone, category, seed in rows:
+    seeds: dict[tuple[str, str, str, str], set[int]] = {}
+    for dataset, method, backbone, category, seed, variant in rows:
         classes.setdefault(dataset, set()).add(category)
-        seeds.setdefault((dataset, method, backbone), set()).add(seed)
-    for (dataset, method, backbone), model_seeds in seeds.items():
+        seeds.setdefault((dataset, method, backbone, variant), set()).add(seed)
+    for (dataset, method, backbone, variant), model_seeds in seeds.items():
         for category in classes[dataset]:
             for seed in model_seeds:
-                rows.setdefault((dataset, method, backbone, category, seed), ("missing", ""))
+                key = (dataset, method, backbone, category, seed, variant)
+                rows.setdefault(key, ("missing", ""))
     status = pd.DataFrame(
         [(*key, state, error) for key, (state, error) in rows.items()],
         columns=[*RECORD_COLUMNS, "status", "error"],
@@ -624,20 +720,32 @@ def status_frame(done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> pd
     return sort_frame(status)
 
 
-def print_status(results_dir: Path, console: Console) -> None:
-    status = status_frame(iter_records(results_dir), iter_records(results_dir, ERROR_FILE))
+def _cell_key(record: dict[str, Any]) -> tuple:
+    return tuple(record.get(k) for k in RECORD_COLUMNS[:-1]) + (record.get("variant") or "",)
+
+
+def print_status(
+    results_dir: Path, console: Console, done: list[dict[str, Any]] | None = None
+) -> None:
+    """Counts of done, failed and missing cells per model, then each cell that is not done."""
+    done = iter_records(results_dir) if done is None else done
+    status = status_frame(done, iter_records(results_dir, ERROR_FILE))
     if status.empty:
         console.print(f"no cells under {results_dir}")
         return
+    status["model"] = [
+        Cell("", m, "", "", 0, v).model_folder
+        for m, v in zip(status["method"], status["variant"], strict=True)
+    ]
     table = Table(title=f"Cells under {results_dir}")
     for name in ("dataset", "method", "backbone", "done", "failed", "missing"):
         table.add_column(name, justify="right" if name in ("done", "failed", "missing") else "left")
-    counts = status.groupby([*RECORD_COLUMNS[:3], "status"]).size().unstack(fill_value=0)
+    counts = status.groupby(["dataset", "model", "backbone", "status"]).size().unstack(fill_value=0)
     for key, row in counts.iterrows():
         table.add_row(*key, *(str(row.get(s, 0)) for s in ("done", "failed", "missing")))
     console.print(table)
     for _, cell in status[status["status"] != "done"].iterrows():
-        label = f"{cell['dataset']}/{cell['method']}/{cell['backbone']}/{cell['category']}"
+        label = f"{cell['dataset']}/{cell['model']}/{cell['backbone']}/{cell['category']}"
         message = f": {cell['error']}" if cell["error"] else ""
         console.print(f"{cell['status']}: {label}/seed{cell['seed']}{message}", markup=False)
 
@@ -652,9 +760,11 @@ def report_command(ns: argparse.Namespace) -> int:
         )
     out_dir = Path(ns.out) if ns.out else results_dir
     console = Console()
+    records = iter_records(results_dir)  # one warning line per damaged record
     if ns.status:
-        print_status(results_dir, console)
-    records = iter_records(results_dir)
+        print_status(results_dir, console, records)
+    references: dict[str, Any] = {}
+    records = [describe_record(record, references) for record in records]
     frame = records_frame(records)
     if frame.empty:
         if ns.status:
@@ -666,6 +776,7 @@ def report_command(ns: argparse.Namespace) -> int:
     published = load_published()
     for dataset in sorted(set(frame["dataset"]) - {PUBLISHED_DATASET}):
         console.print(f"dataset {dataset}: no published numbers (they exist for MVTec AD only)")
+    _print_foreign_classes(frame, console)
     written = [out_dir / "results.csv"]
     write_bytes_atomic(written[0], frame.to_csv(index=False).encode())
     for named in build_tables(frame, published):
@@ -685,3 +796,16 @@ def report_command(ns: argparse.Namespace) -> int:
         figures = write_figures(results_dir, records, frame, out_dir / "figures", console)
         console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}")
     return 0
+
+
+def _print_foreign_classes(frame: pd.DataFrame, console: Console) -> None:
+    """Say which classes of dataset=mvtec are not MVTec AD classes (no published numbers)."""
+    mvtec = frame[frame["dataset"] == PUBLISHED_DATASET]
+    foreign = [c for c in category_order(mvtec["category"].unique()) if c not in MVTEC_CATEGORIES]
+    if foreign:
+        console.print(
+            f"dataset {PUBLISHED_DATASET}: {', '.join(foreign)} are not MVTec AD classes; their "
+            "tables are titled by the dataset name and have no published numbers (set "
+            "dataset.name to name such data)",
+            soft_wrap=True,
+        )
