@@ -63,8 +63,8 @@ def run_from_config(cfg: DictConfig) -> int:
             log.info("results go under %s (log: %s)", plan.results_dir, log_file or "none")
             summary = run_cells(plan)
             log.info(
-                "%d cell(s) run, %d done already, %d held by other runs, %d failed; results "
-                "are under %s",
+                "%d cell(s) run, %d finished before, %d held by other runs, %d failed; "
+                "results are under %s",
                 len(summary.done),
                 len(summary.skipped),
                 len(summary.busy),

@@ -48,8 +48,10 @@ def read_results_csv(path: Path) -> pd.DataFrame:
 
 def with_variant(frame: pd.DataFrame) -> pd.DataFrame:
     """A `variant` column ("" = reference setting), also for tables written before variants."""
-    variant = frame["variant"].fillna("") if "variant" in frame.columns else ""
-    return frame.assign(variant=variant)
+    if "variant" not in frame.columns:
+        return frame.assign(variant="")
+    known = frame["variant"].notna()
+    return frame.assign(variant=frame["variant"].astype(object).where(known, "").astype(str))
 
 
 def compare_frames(

@@ -3,9 +3,10 @@
 The identity of a cell is
   - its dataset, method and backbone names (folders of the results tree),
   - its *variant*: the resolved config, minus the keys in NOT_IDENTITY, compared with the
-    method's reference setting (`anobench run method=<m>`, or `experiment=demo method=<m>`,
-    whichever is closer); the keys that differ are its `overrides`, and a short hash of them
-    names the variant ("" when there are none: the reference setting keeps the plain folder),
+    method's reference setting (`anobench run method=<m>`; for runs on the synthetic data also
+    `experiment=demo method=<m>`, when that is closer); the keys that differ are its
+    `overrides`, and a short hash of them (with the method and the reference) names the variant
+    ("" when there are none: the reference setting keeps the plain folder),
   - its data: the synthetic data spec (if any) and a fingerprint of the files the cell reads
     (relative paths and sizes, not contents).
 A weights file (`backbone.weights`) counts by the sha256 of its content, not by its path.
@@ -55,8 +56,7 @@ NOT_IDENTITY: tuple[str, ...] = (
     # the cell within its variant (folders below it)
     "category",
     "seed",
-    # the data: the name is a folder, the content is the data identity (spec and fingerprint)
-    "dataset.name",
+    # the data: its content is the data identity (spec and fingerprint); the name is a folder
     "dataset.root",
     "dataset.categories",
     "dataset.synthetic",
@@ -76,7 +76,10 @@ NOT_IDENTITY: tuple[str, ...] = (
     "statistics",
 )
 WEIGHTS_KEY = "backbone.weights"  # counted as "sha256:<hex>" of the file, not as its path
-# The reference settings a variant is measured against, tried in this order.
+# Folders of the results tree: never overrides; the dataset decides which references apply.
+PATH_KEYS = ("dataset.name",)
+# The reference settings a variant is measured against: the paper setting always, the others
+# (the demo) only for runs on their own dataset; the closest one wins, the paper on a tie.
 REFERENCES: dict[str, tuple[str, ...]] = {"paper": (), "demo": ("experiment=demo",)}
 VARIANT_LENGTH = 8  # hex digits of the variant name
 _PLAIN_VALUE = re.compile(r"[\w.\-/:@]+")
@@ -160,6 +163,8 @@ def _diff(flat: Flat, reference: Flat) -> Flat:
     """Keys whose value differs from the reference; a key `flat` lacks takes the reference's."""
     out = {}
     for key in sorted(set(flat) | set(reference)):
+        if key in PATH_KEYS:
+            continue
         if key not in reference or not _same(flat.get(key, reference[key]), reference[key]):
             out[key] = flat[key]
     return out
@@ -183,6 +188,7 @@ def format_value(value: Any) -> str:
 class Variant:
     """A setting of a method relative to its reference: the overrides and their short hash."""
 
+    method: str
     reference: str  # a key of REFERENCES
     overrides: tuple[tuple[str, Any], ...]  # sorted (dotted key, value); () = the reference
 
@@ -192,7 +198,11 @@ class Variant:
         if not self.overrides:
             return ""
         payload = json.dumps(
-            {"reference": self.reference, "overrides": dict(self.overrides)},
+            {
+                "method": self.method,
+                "reference": self.reference,
+                "overrides": dict(self.overrides),
+            },
             sort_keys=True,
             default=str,
         )
@@ -210,10 +220,12 @@ class Variant:
 def variant_of(flat: Flat, references: Mapping[str, Flat]) -> Variant:
     """The variant of an identity config: its overrides against the closest reference."""
     best: Variant | None = None
-    for name, reference in references.items():
+    for index, (name, reference) in enumerate(references.items()):
+        if index > 0 and reference.get("dataset.name") != flat.get("dataset.name"):
+            continue
         diff = _diff(flat, reference)
         if best is None or len(diff) < len(best.overrides):
-            best = Variant(name, tuple(diff.items()))
+            best = Variant(str(flat.get("method.name")), name, tuple(diff.items()))
     if best is None:
         raise ValueError("no reference settings to compare with")
     return best
@@ -426,7 +438,9 @@ def mismatch(
     variant = stored_variant(record, references)
     if variant is None and isinstance(record.get("overrides"), dict):
         overrides = tuple(sorted(record["overrides"].items()))
-        variant = Variant(str(record.get("reference", "paper")), overrides)
+        variant = Variant(
+            str(record.get("method")), str(record.get("reference", "paper")), overrides
+        )
     if variant is None:
         reasons.append("its settings were not saved")
     elif variant != identity.variant:
@@ -474,7 +488,8 @@ def describe_record(
 def record_arguments(record: dict[str, Any]) -> list[str]:
     """A (described) record's setting as arguments to `anobench run method=<m>`."""
     overrides = record.get("overrides") if isinstance(record.get("overrides"), dict) else {}
-    variant = Variant(str(record.get("reference", "paper")), tuple(sorted(overrides.items())))
+    reference = str(record.get("reference", "paper"))
+    variant = Variant(str(record.get("method")), reference, tuple(sorted(overrides.items())))
     return variant.arguments()
 
 

@@ -33,7 +33,7 @@ class LineProgress:
         unit: str,
         initial: int = 0,
         step: float = STEP,
-        min_interval: float = MIN_INTERVAL,
+        min_interval: float | None = None,  # None: MIN_INTERVAL
     ) -> None:
         self.iterable = iterable
         self.desc = desc
@@ -41,7 +41,7 @@ class LineProgress:
         self.unit = unit
         self.n = initial
         self.step = step
-        self.min_interval = min_interval
+        self.min_interval = MIN_INTERVAL if min_interval is None else min_interval
         self.postfix = ""
         self._next = self._mark_after(initial)
         self._logged_at = initial

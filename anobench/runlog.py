@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shlex
@@ -26,6 +27,18 @@ class _RunLogHandler(logging.FileHandler):
         self.setLevel(logging.CRITICAL + 1)
 
 
+def _create(folder: Path, stem: str) -> Path:
+    """A new, empty log file `<stem>.log` (`<stem>_2.log`, ... when taken)."""
+    for attempt in itertools.count(1):
+        path = folder / (f"{stem}.log" if attempt == 1 else f"{stem}_{attempt}.log")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode()))
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def run_log(results_dir: Path, args: list[str] | None = None) -> Iterator[Path | None]:
     """Copy the anobench log to a new file under results_dir/_logs while the block runs.
@@ -33,14 +46,14 @@ def run_log(results_dir: Path, args: list[str] | None = None) -> Iterator[Path |
     The file starts with the command (`args`: the run's arguments, default sys.argv[1:]).
     Yields the file's path, or None when it cannot be created (the run goes on without it).
     """
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    path = results_dir / LOGS_DIR / f"{stamp}_{socket.gethostname()}_{os.getpid()}.log"
+    stem = f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{socket.gethostname()}_{os.getpid()}"
+    folder = results_dir / LOGS_DIR
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, file_mode()))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = _create(folder, stem)
         handler = _RunLogHandler(path, encoding="utf-8")
     except OSError as err:
-        log.warning("no run log: cannot create %s (%s)", path, err.strerror)
+        log.warning("no run log: cannot create a file in %s (%s)", folder, err.strerror)
         yield None
         return
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
