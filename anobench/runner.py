@@ -210,15 +210,17 @@ def check_cell(cell_dir: Path, identity: CellIdentity, references: dict[str, Fla
     if record is None:
         if problem is None:
             return CellCheck(False)
-        return CellCheck(False, f"{METRICS_FILE} {problem}", ((METRICS_FILE, "corrupt"),))
+        return CellCheck(
+            False, f"{cell_dir / METRICS_FILE} {problem}", ((METRICS_FILE, "corrupt"),)
+        )
     reason = mismatch(record, identity, references)
     if reason is not None:
         files = ((METRICS_FILE, "superseded"), (MAPS_FILE, "superseded"))
-        return CellCheck(False, f"{METRICS_FILE} is not this setting's result: {reason}", files)
+        return CellCheck(False, f"{cell_dir / METRICS_FILE} is another setting's: {reason}", files)
     maps = cell_dir / MAPS_FILE
     damaged = maps_problem(maps) if maps.exists() else None
     if damaged is not None:
-        return CellCheck(False, f"{MAPS_FILE} {damaged}", ((MAPS_FILE, "corrupt"),))
+        return CellCheck(False, f"{maps} {damaged}", ((MAPS_FILE, "corrupt"),))
     return CellCheck(True)
 
 
@@ -292,7 +294,7 @@ def _prepare_cell(cell_dir: Path, check: CellCheck, identity: CellIdentity, plan
             for name, reason in check.set_aside
             if (cell_dir / name).exists()
         ]
-        log.warning("%s: %s; set aside as %s, recomputing", cell_dir, check.problem, moved)
+        log.warning("%s; set aside as %s, recomputing", check.problem, ", ".join(moved))
     checkpoint = cell_dir / CHECKPOINT_FILE
     sidecar = cell_dir / CHECKPOINT_IDENTITY_FILE
     if plan.overwrite:
