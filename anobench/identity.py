@@ -17,9 +17,11 @@ key with a backwards-compatible default changes no variant; a stored record is m
 recomputing its overrides from its saved config against today's reference, where a key it lacks
 counts as the reference's value.
 
-API: `plan_identities` (runner), `config_variant` (sweep records), `mismatch` (is a stored record
-or checkpoint this cell?), `describe_record` (variant, overrides and pretrained of any record,
-schema 1 included), `Variant.arguments` (the overrides as command-line arguments).
+API: `config_variant` (the variant of a composed config: runner and sweep records),
+`cell_identity` (one class's full identity), `CellIdentity.record_fields` (what a record stores),
+`mismatch` (is a stored record, or a checkpoint's identity file, this cell's?), `describe_record`
+(variant, overrides and pretrained of any record, schema 1 included), `Variant.arguments` (the
+overrides as command-line arguments) and `Cell.directory` (results.py: where a cell lives).
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ A lock is the file `<cell>/.lock`, created with O_CREAT|O_EXCL (atomic on NFS v3
 disks) and holding its owner's pid, host, start time and a random token. While the owner works, a
 thread refreshes the file's mtime every `heartbeat` seconds. A lock is stale, and may be taken
 over, when its owner's pid is dead on this host, or when its mtime has not moved for `stale`
-seconds (an owner on another host that was killed or lost its node). Another run meeting a
-live lock skips the cell (the owner finishes it); one meeting a lock from another host whose
-heartbeat is late waits until the heartbeat either moves (skip) or goes stale (take over), so a
-job requeued after a preemption resumes the cell at most `stale` seconds later.
+seconds (an owner on another host that was killed or lost its node), or when it was taken by
+this very SLURM job before it was requeued (same SLURM_JOB_ID, lower SLURM_RESTART_COUNT: that
+run has ended). Another
+run meeting a live lock skips the cell (the owner finishes it); one meeting a lock from another
+host whose heartbeat is late waits until the heartbeat either moves (skip) or goes stale (take
+over).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class LockOwner:
     host: str
     started: str
     token: str
+    job: str | None = None  # SLURM_JOB_ID: a requeued job keeps it ...
+    restart: int = 0  # ... and counts up SLURM_RESTART_COUNT
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} since {self.started}"
@@ -59,7 +63,15 @@ def _read(path: Path) -> tuple[LockOwner | None, float] | None:
     try:
         mtime = path.stat().st_mtime
         data = json.loads(path.read_text())
-        owner = LockOwner(int(data["pid"]), str(data["host"]), str(data["started"]), data["token"])
+        job = data.get("job")
+        owner = LockOwner(
+            int(data["pid"]),
+            str(data["host"]),
+            str(data["started"]),
+            str(data["token"]),
+            None if job is None else str(job),
+            int(data.get("restart", 0)),
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -124,6 +136,8 @@ class CellLock:
             socket.gethostname(),
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
             secrets.token_hex(8),
+            os.environ.get("SLURM_JOB_ID"),
+            int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -177,11 +191,16 @@ class CellLock:
             found = _read(self.path)
             if found is None:
                 continue  # released in between: try again
-            state = lock_state(self.path, stale=self.stale)
-            if state == "stale":
+            owner, mtime = found
+            requeued = (
+                owner is not None
+                and owner.job is not None
+                and owner.job == self.owner.job
+                and owner.restart < self.owner.restart
+            )
+            if requeued or lock_state(self.path, stale=self.stale) == "stale":
                 self._take_over(found)
                 continue
-            owner, mtime = found
             local = owner is not None and owner.host == self.owner.host
             fresh = time.time() - mtime <= 2 * self.heartbeat
             moved = first_seen is not None and found != first_seen

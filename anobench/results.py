@@ -93,17 +93,26 @@ def split_model_folder(name: str) -> tuple[str, str]:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def file_mode() -> int:
-    """The permissions a new file gets under this process's umask (0644 under umask 022)."""
+def _umask() -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
+                return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
     mask = os.umask(0o022)  # no /proc: read the umask by setting it back at once
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """The permissions a new file gets under this process's umask (0644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The permissions a new folder gets under this process's umask (0755 under umask 022)."""
+    return 0o777 & ~_umask()
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -272,10 +272,11 @@ def test_leftovers_of_a_killed_run_are_removed_when_their_cell_runs_again(run_di
 # --- two runs on one cell ------------------------------------------------------------------------
 
 
-def _plant_lock(cell: Path, pid: int, host: str, age: float = 0.0) -> Path:
+def _plant_lock(cell: Path, pid: int, host: str, age: float = 0.0, job: str | None = None) -> Path:
     cell.mkdir(parents=True, exist_ok=True)
     lock = cell / LOCK_FILE
     owner = {"pid": pid, "host": host, "started": "2024-01-01T00:00:00+00:00", "token": "t"}
+    owner["job"] = job
     lock.write_text(json.dumps(owner))
     stamp = time.time() - age
     os.utime(lock, (stamp, stamp))
@@ -315,6 +316,24 @@ def test_a_live_lock_is_respected_and_a_dead_or_silent_one_taken_over(
     _plant_lock(cell, 1, "other-node", age=1.0)  # late, not yet stale: wait, then take over
     with CellLock(cell, heartbeat=0.2, stale=2.0) as mine:
         assert json.loads(lock.read_text())["token"] == mine.owner.token
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_previous_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = tmp_path / "cell"
+    lock = _plant_lock(cell, 1, "other-node", job="4242")  # preempted on another node just now
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    with pytest.raises(CellBusyError):
+        CellLock(cell, stale=60).acquire()  # another job's: respected
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(CellBusyError):
+        CellLock(cell, stale=60).acquire()  # another task of the same run: respected
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with CellLock(cell, stale=60) as mine:  # the same job, requeued: its old run has ended
+        assert json.loads(lock.read_text())["job"] == mine.owner.job == "4242"
 
 
 def test_a_cell_locked_by_a_running_job_is_skipped_shown_as_running_then_done(

@@ -16,6 +16,7 @@ from scipy.ndimage import gaussian_filter
 
 from anobench.errors import AnobenchError
 from anobench.progress import progress as progress_bar
+from anobench.results import folder_mode
 
 SYNTHETIC_TEXTURES = ("weave", "marble")
 SYNTHETIC_OBJECTS = ("washer", "chip")
@@ -374,7 +375,7 @@ def ensure_synthetic(cache_root: Path, spec: SyntheticSpec) -> Path:
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=cache_root))
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+        staging.chmod(folder_mode())  # mkdtemp makes it private; the cache is meant to be shared
         generate(staging, spec)
         payload = {"version": GENERATOR_VERSION, **asdict(spec)}
         (staging / "spec.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
