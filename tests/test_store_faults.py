@@ -36,9 +36,9 @@ CLASSES = "category=[weave,washer]"
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two finished tiny knn cells (weave, washer), computed once for the module."""
+    """Finished tiny knn cells of the four synthetic classes, computed once for the module."""
     base = tmp_path_factory.mktemp("finished")
-    assert main(tiny_run_args(base, CLASSES)) == 0
+    assert main(tiny_run_args(base, "category=[weave,marble,washer,chip]")) == 0
     return base
 
 
@@ -81,32 +81,32 @@ def _damaged(text: str, kind: str) -> str:
     }[kind]
 
 
-@pytest.mark.parametrize("kind", ["object", "list", "truncated", "metric"])
-def test_a_damaged_record_is_skipped_by_readers_and_set_aside_and_recomputed_by_a_run(
-    run_dir: Path, kind: str, capsys: pytest.CaptureFixture[str]
+def test_damaged_records_are_skipped_by_readers_then_set_aside_and_recomputed_by_a_run(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = run_dir / "results"
-    record = cell_dir(run_dir, "weave") / "metrics.json"
-    damaged = _damaged(record.read_text(), kind)
-    record.write_text(damaged)
-    for command in (
-        ["report", str(results), "--out", str(run_dir / "report")],
-        ["status", str(results)],
-        ["export-maps", str(results), "--out", str(run_dir / "tiff")],
+    kinds = {"weave": "object", "marble": "list", "washer": "truncated", "chip": "metric"}
+    records = {category: cell_dir(run_dir, category) / "metrics.json" for category in kinds}
+    damaged = {c: _damaged(records[c].read_text(), kind) for c, kind in kinds.items()}
+    for category, text in damaged.items():
+        records[category].write_text(text)
+    for command, code in (
+        (["report", str(results)], 2),  # no finished cell left to tabulate
+        (["status", str(results)], 1),
+        (["export-maps", str(results), "--out", str(run_dir / "tiff")], 0),
     ):
         with warnings_of_anobench() as lines:
-            assert main(command) in (0, 1), command  # status: 1, weave is not done
-        assert len(_naming(lines, record)) == 1, (command, lines)
-    assert "washer" in (run_dir / "report" / "results.csv").read_text()
-    assert "weave" not in (run_dir / "report" / "results.csv").read_text()
-    assert not list((run_dir / "tiff").rglob("weave")) and list((run_dir / "tiff").rglob("washer"))
+            assert main(command) == code, command
+        assert all(len(_naming(lines, path)) == 1 for path in records.values()), (command, lines)
+    assert not list((run_dir / "tiff").rglob("*.tiff"))  # maps of unfinished cells: not exported
 
     with warnings_of_anobench() as lines:
-        assert main(tiny_run_args(run_dir, CLASSES)) == 0
-    assert len(_naming(lines, record)) == 1
-    assert (record.parent / "metrics.json.corrupt").read_text() == damaged
-    assert json.loads(record.read_text())["metrics"]["image_auroc"] is not None
-    assert "washer/seed0: done already, skipped" in capsys.readouterr().out
+        assert main(tiny_run_args(run_dir, f"category=[{','.join(kinds)}]")) == 0
+    assert all(len(_naming(lines, path)) == 1 for path in records.values()), lines
+    for category, path in records.items():
+        assert (path.parent / "metrics.json.corrupt").read_text() == damaged[category]
+        assert json.loads(path.read_text())["metrics"]["image_auroc"] is not None
+    capsys.readouterr()
 
 
 def test_truncated_maps_are_reported_the_rest_exported_and_the_cell_recomputed(
@@ -119,7 +119,7 @@ def test_truncated_maps_are_reported_the_rest_exported_and_the_cell_recomputed(
         assert main(["export-maps", str(results), "--out", str(run_dir / "tiff")]) == 0
     assert len(_naming(lines, maps)) == 1
     exported = {p.parts[-4] for p in (run_dir / "tiff").rglob("*.tiff")}
-    assert exported == {"washer"}
+    assert exported == {"marble", "washer", "chip"}  # all but the damaged weave
     assert main(["report", str(results), "--figures"]) == 0
     flat = "".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "skippeddamagedmaps" in flat and str(maps) in flat
@@ -128,7 +128,8 @@ def test_truncated_maps_are_reported_the_rest_exported_and_the_cell_recomputed(
     assert main(tiny_run_args(run_dir, CLASSES)) == 0
     assert (maps.parent / "maps.npz.corrupt").is_file()
     assert main(["export-maps", str(results), "--out", str(run_dir / "again")]) == 0
-    assert {p.parts[-4] for p in (run_dir / "again").rglob("*.tiff")} == {"weave", "washer"}
+    again = {p.parts[-4] for p in (run_dir / "again").rglob("*.tiff")}
+    assert again == {"weave", "marble", "washer", "chip"}
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -157,7 +157,9 @@ def test_compare_matches_by_variant_and_says_when_the_tables_differ(tmp_path: Pa
 def test_an_lr_sweep_in_one_folder_gives_one_cell_per_point(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = tiny_run_args(tmp_path, "category=weave", "method.epochs=1", method="stmae")
+    args = tiny_run_args(
+        tmp_path, "category=weave", "method.epochs=1", "dataset.synthetic.n_train=4", method="stmae"
+    )
     assert main(["run", "-m", *args[1:], "method.lr=3e-3,1e-3"]) == 0
     out = capsys.readouterr().out
     assert "done already, skipped" not in out and "resumed at" not in out
@@ -176,7 +178,12 @@ def test_a_checkpoint_of_another_identity_is_set_aside_and_the_same_one_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = tiny_run_args(
-        tmp_path, "category=weave", "method.epochs=2", "checkpoint_every=1", method="stmae"
+        tmp_path,
+        "category=weave",
+        "method.epochs=2",
+        "checkpoint_every=1",
+        "dataset.synthetic.n_train=4",
+        method="stmae",
     )
 
     def fail(*_args: object, **_kwargs: object) -> None:
@@ -190,7 +197,7 @@ def test_a_checkpoint_of_another_identity_is_set_aside_and_the_same_one_resumes(
     next((data / "weave" / "train" / "good").iterdir()).unlink()  # the data changed
     assert main(args) == 1
     out = capsys.readouterr().out
-    assert "not this setting's (the dataset files changed (train/good: 10 -> 9 files))" in out
+    assert "not this setting's (the dataset files changed (train/good: 4 -> 3 files))" in out
     assert "resumed at" not in out
     assert (folder / "checkpoint.pt.mismatch").is_file() and (folder / "checkpoint.pt").is_file()
 
@@ -199,7 +206,7 @@ def test_a_checkpoint_of_another_identity_is_set_aside_and_the_same_one_resumes(
     out = capsys.readouterr().out
     assert "resumed at epoch 2/2" in out
     record = json.loads((folder / "metrics.json").read_text())
-    assert record["n_train"] == 9 and not (folder / "checkpoint.pt").exists()
+    assert record["n_train"] == 3 and not (folder / "checkpoint.pt").exists()
     logs = sorted((tmp_path / "results" / "_logs").glob("*.log"))
     assert len(logs) == 3
     trace = logs[-1].read_text()
