@@ -163,20 +163,20 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return sort_frame(frame)
 
 
+def _models_of_rows(frame: pd.DataFrame) -> list[tuple]:
+    """Each row's model (MODEL_COLUMNS; missing columns: reference setting, unknown weights)."""
+    missing = {c: "" if c == "variant" else None for c in MODEL_COLUMNS if c not in frame.columns}
+    return list(frame.assign(**missing)[list(MODEL_COLUMNS)].itertuples(index=False, name=None))
+
+
 def model_keys(frame: pd.DataFrame) -> list[tuple]:
     """The models (MODEL_COLUMNS tuples) of a frame, sorted."""
-    columns = [c for c in MODEL_COLUMNS if c in frame.columns]
-    keys = set(frame[columns].itertuples(index=False, name=None))
-    keys = {(*key, *([""] if "variant" not in columns else []), None)[:4] for key in keys}
-    return sorted(keys, key=lambda k: tuple(str(v) for v in k))
+    return sorted(set(_models_of_rows(frame)), key=lambda k: tuple(str(v) for v in k))
 
 
 def select_model(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
     """The rows of one model (a MODEL_COLUMNS tuple)."""
-    columns = [c for c in MODEL_COLUMNS if c in frame.columns]
-    wanted = tuple(key[MODEL_COLUMNS.index(c)] for c in columns)
-    rows = [tuple(r) == wanted for r in frame[columns].itertuples(index=False, name=None)]
-    return frame[rows]
+    return frame[[model == key for model in _models_of_rows(frame)]]
 
 
 def model_labels(frame: pd.DataFrame) -> dict[tuple, str]:

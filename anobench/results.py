@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from anobench.errors import AnobenchError
+from anobench.metrics import METRIC_IDS
 
 log = logging.getLogger("anobench")
 
@@ -290,9 +291,10 @@ def record_problem(record: Any) -> str | None:
     if record.get("status") != "done":
         return f"has status {record.get('status')!r}, not 'done'"
     metrics = record.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
+    if not isinstance(metrics, dict) or not set(metrics) & set(METRIC_IDS):
         return "has no 'metrics'"
-    for name, value in metrics.items():
+    for name in set(metrics) & set(METRIC_IDS):  # other entries (intervals, ...) are not checked
+        value = metrics[name]
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if value is not None and not (number and math.isfinite(value) and 0 <= value <= 1):
             return f"has metric {name}={value!r}, not a fraction in [0, 1] or null"
