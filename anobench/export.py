@@ -13,6 +13,7 @@ from PIL import Image
 
 from anobench.config import DatasetConfig, SyntheticConfig
 from anobench.errors import AnobenchError
+from anobench.progress import progress
 from anobench.results import (
     MAPS_FILE,
     METRICS_FILE,
@@ -129,7 +130,7 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
             f"no {MAPS_FILE} found under {results_dir}; run with save_maps=true to keep maps."
         )
     count, damaged = 0, []
-    for cell_dir in cells:
+    for cell_dir in progress(cells, desc="export", unit="cell"):
         _, problem = read_checked(cell_dir / METRICS_FILE)
         if problem is not None:
             log.warning(damaged_warning(cell_dir / METRICS_FILE, problem))
