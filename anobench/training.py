@@ -85,16 +85,22 @@ def portable_rng_state() -> dict:
 
 
 def restore_rng_state(portable: dict) -> None:
-    """Undo portable_rng_state."""
+    """Undo portable_rng_state (RNG states must be CPU tensors, wherever the file was loaded to)."""
     version, internal, gauss = portable["python"]
     name, keys, position, has_gauss, cached = portable["numpy"]
     state = {
         "python": (int(version), tuple(int(v) for v in internal), gauss),
-        "numpy": (name, keys.numpy().astype(np.uint32), int(position), int(has_gauss), cached),
-        "torch": portable["torch"],
+        "numpy": (
+            name,
+            keys.cpu().numpy().astype(np.uint32),
+            int(position),
+            int(has_gauss),
+            cached,
+        ),
+        "torch": portable["torch"].cpu(),
     }
     if "cuda" in portable:
-        state["cuda"] = portable["cuda"]
+        state["cuda"] = [generator.cpu() for generator in portable["cuda"]]
     set_rng_state(state)
 
 
