@@ -48,6 +48,7 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
 def run_from_config(cfg: DictConfig) -> int:
     """Plan, run and summarise one `anobench run` (one Hydra job); returns the exit code."""
     from anobench.report import print_run_table
+    from anobench.runlog import run_log
     from anobench.runner import plan_run, run_cells
 
     debug = bool(cfg.get("debug", False))
@@ -58,11 +59,23 @@ def run_from_config(cfg: DictConfig) -> int:
 
             print_plan(plan, Console())
             return 0
-        summary = run_cells(plan)
+        with run_log(plan.results_dir) as log_file:
+            log.info("results go under %s (log: %s)", plan.results_dir, log_file or "none")
+            summary = run_cells(plan)
+            log.info(
+                "%d cell(s) run, %d finished before, %d held by other runs, %d failed; "
+                "results are under %s",
+                len(summary.done),
+                len(summary.skipped),
+                len(summary.busy),
+                len(summary.failed),
+                plan.results_dir,
+            )
     except AnobenchError as err:
         return _fail(err, debug)
-    print_run_table(plan.results_dir, plan.cells, Console())
-    for cell, message in summary.failed.items():
+    if not _in_multirun():  # a sweep prints one table of all its cells at its end
+        print_run_table(plan.results_dir, plan.cells, Console())
+    for cell, message in summary.failed.items():  # the runner logged it to the run log only
         _stderr().print(f"[bold red]failed:[/] {cell.label()}: {message}", soft_wrap=True)
     return summary.exit_code
 
@@ -76,10 +89,11 @@ def _run(args: Sequence[str]) -> int:
     register_configs()
     register_launcher_configs()
     args = list(args)
+    sweeps: list[Path] = []
     if "-m" in args or "--multirun" in args:
-        from anobench.sweeps import expand_multirun_args
+        from anobench.sweeps import expand_multirun
 
-        args = expand_multirun_args(args)
+        args, sweeps = expand_multirun(args)
     codes: list[int] = []
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -102,6 +116,10 @@ def _run(args: Sequence[str]) -> int:
     finally:
         sys.argv = saved_argv
         signal.signal(signal.SIGTERM, previous)
+        if sweeps:
+            from anobench.sweeps import print_sweep_tables
+
+            print_sweep_tables(sweeps, Console())
     return max(codes, default=0)
 
 

@@ -30,7 +30,7 @@ from anobench.gate import (
     statistical_gate,
 )
 from anobench.metrics import METRIC_IDS
-from anobench.results import METRICS_FILE, iter_records
+from anobench.results import METRICS_FILE, VARIANT_SEPARATOR, iter_records
 from anobench.tables import (
     KEY_COLUMNS,
     MISSING,
@@ -55,6 +55,7 @@ def read_results_csv(path: Path) -> pd.DataFrame:
         ) from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise AnobenchError(f"{path} is not a readable CSV ({err}); pass a results.csv.") from err
+    frame = with_variant(frame)
     missing = [c for c in (*KEY_COLUMNS, "value") if c not in frame.columns]
     if missing:
         raise AnobenchError(
@@ -72,6 +73,14 @@ def read_results_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
+def with_variant(frame: pd.DataFrame) -> pd.DataFrame:
+    """A `variant` column ("" = reference setting), also for tables written before variants."""
+    if "variant" not in frame.columns:
+        return frame.assign(variant="")
+    known = frame["variant"].notna()
+    return frame.assign(variant=frame["variant"].astype(object).where(known, "").astype(str))
+
+
 def compare_frames(
     baseline: pd.DataFrame, candidate: pd.DataFrame, tolerance: float
 ) -> pd.DataFrame:
@@ -81,6 +90,7 @@ def compare_frames(
     improved (gain > tolerance), same (within the tolerance) or new (in the candidate only).
     """
     keys = list(KEY_COLUMNS)
+    baseline, candidate = with_variant(baseline), with_variant(candidate)
     merged = baseline[[*keys, "value"]].merge(
         candidate[[*keys, "value"]], on=keys, how="outer", suffixes=("_b", "_c"), indicator=True
     )
@@ -116,6 +126,31 @@ def compare_summary(
         f"{significance}) -> " + ("OK" if ok else "FAIL")
     )
     return line, ok
+
+
+def variant_note(baseline: pd.DataFrame, candidate: pd.DataFrame) -> str | None:
+    """A line naming the variants only one table holds (their cells cannot match), or None."""
+    models = ["dataset", "method", "backbone", "variant"]
+    sides = [
+        set(frame[models].itertuples(index=False, name=None)) for frame in (baseline, candidate)
+    ]
+    only = [sorted(sides[0] - sides[1]), sorted(sides[1] - sides[0])]
+    if not only[0] and not only[1]:
+        return None
+
+    def named(models_of: list[tuple]) -> str:
+        return ", ".join(
+            f"{m}+{v}" if v else f"{m} (reference setting)" for _, m, _, v in models_of
+        )
+
+    parts = [
+        f"{side} only: {named(found)}"
+        for side, found in zip(("baseline", "candidate"), only, strict=True)
+        if found
+    ]
+    return "note: the tables hold different variants (cells match only within one); " + "; ".join(
+        parts
+    )
 
 
 def read_results(path: Path) -> tuple[pd.DataFrame, PerImageSource]:
@@ -174,8 +209,15 @@ def terminal_tables(diff: pd.DataFrame, stat: bool) -> list[tuple[str, Table]]:
             if stat:
                 cells += [_p_text(row["p"]), SHORT_TESTS.get(_test_name(row) or "", "")]
             table.add_row(*cells)
-        tables.append((" / ".join(str(k) for k in key), table))
+        tables.append((_model_heading(dict(zip(_MODEL_COLUMNS, key, strict=True))), table))
     return tables
+
+
+def _model_heading(model: dict[str, Any]) -> str:
+    """dataset / method[+variant] / backbone, as the results folders name a model."""
+    variant = model.get("variant") or ""
+    method = f"{model['method']}{VARIANT_SEPARATOR}{variant}" if variant else model["method"]
+    return f"{model['dataset']} / {method} / {model['backbone']}"
 
 
 def legend(stat: bool, settings: GateSettings | None = None, short: bool = True) -> str:
@@ -275,6 +317,9 @@ def compare_command(ns: argparse.Namespace) -> int:
         )
     line, ok = compare_summary(diff, ns.tolerance, ns.alpha if ns.stat else None)
     console = Console()
+    note = variant_note(baseline, candidate)
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     shown = diff[(diff["status"] != "same") | (diff["delta"].abs() >= 0.005)]
     hidden = len(diff) - len(shown)
     if ns.format == "json":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -15,23 +13,23 @@ from PIL import Image
 
 from anobench.config import DatasetConfig, SyntheticConfig
 from anobench.errors import AnobenchError
-from anobench.results import MAPS_FILE, METRICS_FILE, read_record
+from anobench.progress import progress
+from anobench.results import (
+    MAPS_FILE,
+    METRICS_FILE,
+    DamagedMapsError,
+    damaged_warning,
+    load_maps,
+    read_checked,
+    write_atomic,
+)
 
 log = logging.getLogger("anobench")
 
 
 def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
-    """Write one TIFF to a temporary file in the same folder, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.close(fd)
-        with Path(tmp).open("wb") as handle:  # a handle, so the .tmp suffix cannot matter
-            tifffile.imwrite(handle, image)
-        Path(tmp).replace(path)  # os.replace: atomic within one folder
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write one TIFF atomically, readable by others (results.write_atomic)."""
+    write_atomic(path, lambda handle: tifffile.imwrite(handle, image))
 
 
 def _tiff_path(out_dir: Path, category: str, image_path: str, maps_file: Path) -> Path:
@@ -73,18 +71,7 @@ def export_maps(
         raise AnobenchError(
             f"{maps_file} does not exist; run the cell with save_maps=true to keep its maps."
         )
-    with np.load(maps_file, allow_pickle=False) as saved:
-        if "maps" not in saved or "paths" not in saved:
-            raise AnobenchError(
-                f"{maps_file} lacks the arrays 'maps' and 'paths'; re-run the cell to rewrite it."
-            )
-        maps = saved["maps"]  # [N, H, W] float16
-        paths = [str(path) for path in saved["paths"]]
-    if maps.ndim != 3 or len(maps) != len(paths):
-        raise AnobenchError(
-            f"{maps_file} holds maps of shape {maps.shape} for {len(paths)} image paths; "
-            "re-run the cell to rewrite it."
-        )
+    maps, paths = load_maps(maps_file)  # [N, H, W] float16; DamagedMapsError if unreadable
     targets = [_tiff_path(out_dir, category, path, maps_file) for path in paths]
     for target, path, anomaly_map in zip(targets, paths, maps, strict=True):
         anomaly_map = anomaly_map.astype(np.float32)
@@ -98,8 +85,8 @@ def _recorded_dataset_root(cell_dir: Path) -> Path | None:
     """The dataset root a finished cell read, or None (maps then stay at model resolution)."""
     from anobench.runner import dataset_root  # the runner imports torch-heavy modules
 
-    record = read_record(cell_dir / METRICS_FILE)
-    if record is None:
+    record, _ = read_checked(cell_dir / METRICS_FILE)
+    if record is None or not isinstance(record.get("config"), dict):
         return None
     config = record["config"]
     dataset = config["dataset"]
@@ -142,14 +129,29 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
         raise AnobenchError(
             f"no {MAPS_FILE} found under {results_dir}; run with save_maps=true to keep maps."
         )
-    count = 0
-    for cell_dir in cells:
+    count, damaged = 0, []
+    for cell_dir in progress(cells, desc="export", unit="cell"):
+        _, problem = read_checked(cell_dir / METRICS_FILE)
+        if problem is not None:
+            log.warning(damaged_warning(cell_dir / METRICS_FILE, problem))
+            damaged.append(cell_dir)
+            continue
         relative = cell_dir.relative_to(results_dir)
         experiment_dir = out_dir / relative.parent.parent / relative.name
-        count += export_maps(
-            cell_dir,
-            experiment_dir,
-            cell_dir.resolve().parent.name,
-            _recorded_dataset_root(cell_dir),
+        try:
+            count += export_maps(
+                cell_dir,
+                experiment_dir,
+                cell_dir.resolve().parent.name,
+                _recorded_dataset_root(cell_dir),
+            )
+        except DamagedMapsError as err:
+            log.warning("skipped the maps of %s: %s", cell_dir, err)
+            damaged.append(cell_dir)
+    if damaged:
+        log.warning(
+            "%d cell(s) not exported (damaged files, named above); the next `anobench run` "
+            "of those cells recomputes them",
+            len(damaged),
         )
     return count

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from anobench.backbones import BackboneConfig
 from anobench.hardware import Hardware
+from anobench.progress import progress as progress_bar
 
 HOST_BUDGET_BYTES = 16 * 2**30
 
@@ -88,7 +88,7 @@ def extract_features(
     store: Tensor | np.memmap | None = None
     tier = "gpu"
     offset = 0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, enabled=progress, unit="batch"):
         images = hardware.to_device(batch["image"])
         with hardware.autocast():
             features = fn(images)

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from anobench.errors import AnobenchError
 from anobench.per_image import PER_IMAGE_FILE, read_per_image
-from anobench.results import MAPS_FILE, Cell, write_bytes_atomic
+from anobench.results import MAPS_FILE, Cell, DamagedMapsError, load_maps, write_bytes_atomic
 from anobench.tables import (
     MEAN,
     METRIC_TITLES,
@@ -30,6 +30,7 @@ from anobench.tables import (
     class_stat,
     group_stat,
     model_labels,
+    select_model,
 )
 
 DPI = 100
@@ -153,8 +154,8 @@ def metric_bars(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> 
     low = 100.0
     for ax, metric in zip(axes, metrics, strict=True):
         values = frame[frame["metric"] == metric]
-        for i, ((method, backbone), label) in enumerate(labels.items()):
-            model = values[(values["method"] == method) & (values["backbone"] == backbone)]
+        for i, (key, label) in enumerate(labels.items()):
+            model = select_model(values, key)
             stats = [class_stat(model.loc[model["category"] == c, "value"]) for c in categories]
             stats.append(group_stat(model, categories))
             means = [np.nan if s.mean is None else s.mean for s in stats]
@@ -244,25 +245,45 @@ class _ModelMaps:
     folder: Path  # the cell's folder
 
 
+def _record_model(record: dict[str, Any]) -> tuple:
+    """The model (report.MODEL_COLUMNS) of a record."""
+    return (
+        record["method"],
+        record["backbone"],
+        record.get("variant") or "",
+        record.get("pretrained"),
+    )
+
+
+def _maps_path(results_dir: Path, record: dict[str, Any]) -> Path:
+    """A cell's maps.npz; a schema 1 record of a variant still lies in the plain folder."""
+    path = Cell.of(record).directory(results_dir) / MAPS_FILE
+    if not path.is_file() and record.get("schema", 1) == 1:
+        return Cell.of({**record, "variant": ""}).directory(results_dir) / MAPS_FILE
+    return path
+
+
 def _class_models(
-    results_dir: Path, records: list[dict[str, Any]], labels: dict[tuple[str, str], str]
+    results_dir: Path,
+    records: list[dict[str, Any]],
+    labels: dict[tuple, str],
+    console: Console,
 ) -> list[_ModelMaps]:
-    """Each model's maps of one class, from its lowest seed that saved maps."""
+    """Each model's maps of one class, from its lowest seed with readable maps."""
     found = []
-    for (method, backbone), label in labels.items():
-        mine = sorted(
-            (r for r in records if (r["method"], r["backbone"]) == (method, backbone)),
-            key=lambda r: r["seed"],
-        )
+    for key, label in labels.items():
+        mine = sorted((r for r in records if _record_model(r) == key), key=lambda r: r["seed"])
         for record in mine:
-            cell = Cell(*(record[k] for k in ("dataset", "method", "backbone", "category", "seed")))
-            path = cell.directory(results_dir) / MAPS_FILE
-            if path.is_file():
-                with np.load(path) as saved:
-                    maps = saved["maps"].astype(np.float32)
-                    paths = [str(p) for p in saved["paths"]]
-                found.append(_ModelMaps(label, maps, paths, record, path.parent))
-                break
+            path = _maps_path(results_dir, record)
+            if not path.is_file():
+                continue
+            try:
+                maps, paths = load_maps(path)
+            except DamagedMapsError as err:
+                console.print(f"figures: skipped damaged maps: {err}", markup=False)
+                continue
+            found.append(_ModelMaps(label, maps.astype(np.float32), paths, record, path.parent))
+            break
     return found
 
 
@@ -412,7 +433,7 @@ def class_pictures(
         roots: dict[str, Path] = {}
         for category in category_order(data["category"].unique()):
             mine = [r for r in records if (r["dataset"], r["category"]) == (dataset, category)]
-            models = _class_models(results_dir, mine, labels)
+            models = _class_models(results_dir, mine, labels, console)
             if not models:
                 console.print(f"figures: no {MAPS_FILE} for {dataset}/{category} (save_maps=false)")
                 continue

@@ -50,9 +50,12 @@ class PerImageSource:
         source = cls()
         for path in sorted(results_dir.rglob(METRICS_FILE)):
             record = read_record(path)
-            if record is None or any(k not in record for k in RECORD_COLUMNS):
+            cell_keys = [k for k in RECORD_COLUMNS if k != "variant"]  # schema 1 has none
+            if record is None or any(k not in record for k in cell_keys):
                 continue
-            key = tuple(record[k] for k in RECORD_COLUMNS)
+            key = tuple(
+                (record.get(k) or "") if k == "variant" else record[k] for k in RECORD_COLUMNS
+            )
             source.folders[key] = path.parent
             source.fpr_limits[key] = float((record.get("config") or {}).get("pro_fpr_limit", 0.3))
         return source

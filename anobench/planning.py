@@ -75,7 +75,7 @@ def print_plan(plan: RunPlan, console: Console) -> None:
         table.add_column(column)
     todo = 0
     for cell in plan.cells:
-        done = is_done(cell, plan.results_dir)
+        done = is_done(cell, plan)
         todo += not done
         state = "done" if done else ("checkpoint" if _has_checkpoint(plan, cell) else "todo")
         table.add_row(

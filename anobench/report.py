@@ -11,21 +11,25 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from anobench.data.mvtec import MVTEC_CATEGORIES
 from anobench.errors import AnobenchError
+from anobench.identity import describe_record
 from anobench.results import (
     ERROR_FILE,
     METRICS_FILE,
     RECORD_COLUMNS,
     Cell,
     iter_records,
-    read_record,
+    read_checked,
     write_bytes_atomic,
 )
 from anobench.tables import (
+    MODEL_COLUMNS,
     PUBLISHED_DATASET,
     TextTable,
     build_defect_tables,
     build_tables,
+    category_order,
     format_entry,
     load_published,
     paper_table,
@@ -127,12 +131,12 @@ def to_latex(table: TextTable, label: str) -> str:
 
 def print_run_table(results_dir: Path, cells: list[Cell], console: Console) -> None:
     """The paper-layout table of the cells of one run (those that finished)."""
-    records = [read_record(cell.directory(results_dir) / METRICS_FILE) for cell in cells]
+    records = [read_checked(cell.directory(results_dir) / METRICS_FILE)[0] for cell in cells]
     frame = records_frame(r for r in records if r is not None)
     if frame.empty:
         return
     published = load_published()
-    for _, model in frame.groupby(["dataset", "method", "backbone"], sort=False):
+    for _, model in frame.groupby(["dataset", *MODEL_COLUMNS], sort=False, dropna=False):
         console.print(to_rich(paper_table(model, published=published)))
 
 
@@ -143,18 +147,19 @@ def status_frame(done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> pd
     """
     rows: dict[tuple, tuple[str, str]] = {}
     for record in failed:
-        rows[tuple(record[k] for k in RECORD_COLUMNS)] = ("failed", record.get("error", ""))
+        rows[_cell_key(record)] = ("failed", record.get("error", ""))
     for record in done:
-        rows[tuple(record[k] for k in RECORD_COLUMNS)] = ("done", "")
+        rows[_cell_key(record)] = ("done", "")
     classes: dict[str, set[str]] = {}
-    seeds: dict[tuple[str, str, str], set[int]] = {}
-    for dataset, method, backbone, category, seed in rows:
+    seeds: dict[tuple[str, str, str, str], set[int]] = {}
+    for dataset, method, backbone, category, seed, variant in rows:
         classes.setdefault(dataset, set()).add(category)
-        seeds.setdefault((dataset, method, backbone), set()).add(seed)
-    for (dataset, method, backbone), model_seeds in seeds.items():
+        seeds.setdefault((dataset, method, backbone, variant), set()).add(seed)
+    for (dataset, method, backbone, variant), model_seeds in seeds.items():
         for category in classes[dataset]:
             for seed in model_seeds:
-                rows.setdefault((dataset, method, backbone, category, seed), ("missing", ""))
+                key = (dataset, method, backbone, category, seed, variant)
+                rows.setdefault(key, ("missing", ""))
     status = pd.DataFrame(
         [(*key, state, error) for key, (state, error) in rows.items()],
         columns=[*RECORD_COLUMNS, "status", "error"],
@@ -162,20 +167,32 @@ def status_frame(done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> pd
     return sort_frame(status)
 
 
-def print_status(results_dir: Path, console: Console) -> None:
-    status = status_frame(iter_records(results_dir), iter_records(results_dir, ERROR_FILE))
+def _cell_key(record: dict[str, Any]) -> tuple:
+    return tuple(record.get(k) for k in RECORD_COLUMNS[:-1]) + (record.get("variant") or "",)
+
+
+def print_status(
+    results_dir: Path, console: Console, done: list[dict[str, Any]] | None = None
+) -> None:
+    """Counts of done, failed and missing cells per model, then each cell that is not done."""
+    done = iter_records(results_dir) if done is None else done
+    status = status_frame(done, iter_records(results_dir, ERROR_FILE))
     if status.empty:
         console.print(f"no cells under {results_dir}")
         return
+    status["model"] = [
+        Cell("", m, "", "", 0, v).model_folder
+        for m, v in zip(status["method"], status["variant"], strict=True)
+    ]
     table = Table(title=f"Cells under {results_dir}")
     for name in ("dataset", "method", "backbone", "done", "failed", "missing"):
         table.add_column(name, justify="right" if name in ("done", "failed", "missing") else "left")
-    counts = status.groupby([*RECORD_COLUMNS[:3], "status"]).size().unstack(fill_value=0)
+    counts = status.groupby(["dataset", "model", "backbone", "status"]).size().unstack(fill_value=0)
     for key, row in counts.iterrows():
         table.add_row(*key, *(str(row.get(s, 0)) for s in ("done", "failed", "missing")))
     console.print(table)
     for _, cell in status[status["status"] != "done"].iterrows():
-        label = f"{cell['dataset']}/{cell['method']}/{cell['backbone']}/{cell['category']}"
+        label = f"{cell['dataset']}/{cell['model']}/{cell['backbone']}/{cell['category']}"
         message = f": {cell['error']}" if cell["error"] else ""
         console.print(f"{cell['status']}: {label}/seed{cell['seed']}{message}", markup=False)
 
@@ -190,9 +207,11 @@ def report_command(ns: argparse.Namespace) -> int:
         )
     out_dir = Path(ns.out) if ns.out else results_dir
     console = Console()
+    records = iter_records(results_dir)  # one warning line per damaged record
     if ns.status:
-        print_status(results_dir, console)
-    records = iter_records(results_dir)
+        print_status(results_dir, console, records)
+    references: dict[str, Any] = {}
+    records = [describe_record(record, references) for record in records]
     frame = records_frame(records)
     if frame.empty:
         if ns.status:
@@ -204,6 +223,7 @@ def report_command(ns: argparse.Namespace) -> int:
     published = load_published()
     for dataset in sorted(set(frame["dataset"]) - {PUBLISHED_DATASET}):
         console.print(f"dataset {dataset}: no published numbers (they exist for MVTec AD only)")
+    _print_foreign_classes(frame, console)
     written = [out_dir / "results.csv"]
     write_bytes_atomic(written[0], frame.to_csv(index=False).encode())
     for named in build_tables(frame, published, intervals=ns.ci):
@@ -253,3 +273,16 @@ def write_defect_tables(
             write_bytes_atomic(path, text.encode())
             written.append(path)
     return written
+
+
+def _print_foreign_classes(frame: pd.DataFrame, console: Console) -> None:
+    """Say which classes of dataset=mvtec are not MVTec AD classes (no published numbers)."""
+    mvtec = frame[frame["dataset"] == PUBLISHED_DATASET]
+    foreign = [c for c in category_order(mvtec["category"].unique()) if c not in MVTEC_CATEGORIES]
+    if foreign:
+        console.print(
+            f"dataset {PUBLISHED_DATASET}: {', '.join(foreign)} are not MVTec AD classes; their "
+            "tables are titled by the dataset name and have no published numbers (set "
+            "dataset.name to name such data)",
+            soft_wrap=True,
+        )

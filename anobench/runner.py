@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import time
 import traceback
@@ -34,26 +35,44 @@ from anobench.data.mvtec import AnomalyDataset, index_split
 from anobench.data.synthetic import SyntheticSpec, ensure_synthetic
 from anobench.errors import AnobenchError
 from anobench.hardware import Hardware, create_hardware, seed_everything
+from anobench.identity import (
+    CellIdentity,
+    Flat,
+    cell_identity,
+    config_variant,
+    mismatch,
+    write_overrides,
+)
+from anobench.locks import CellBusyError, CellLock
 from anobench.methods import MethodContext, create_method
 from anobench.metrics import compute_metrics
 from anobench.per_image import PER_IMAGE_FILE, write_per_image
 from anobench.results import (
     CHECKPOINT_FILE,
+    CHECKPOINT_IDENTITY_FILE,
     ERROR_FILE,
     MAPS_FILE,
     METRICS_FILE,
     SCHEMA_VERSION,
     Cell,
     check_writable,
+    confine,
     git_commit,
+    maps_problem,
     package_versions,
+    read_checked,
+    read_record,
+    remove_temporaries,
+    set_aside,
     write_json_atomic,
     write_maps_atomic,
 )
+from anobench.runlog import TRACE_LOGGER
 from anobench.statistics import cell_statistics
 from anobench.sweeps import current_job_index
 
 log = logging.getLogger("anobench")
+trace = logging.getLogger(TRACE_LOGGER)  # the run log only (the cli prints errors itself)
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,8 @@ class RunPlan:
     progress: bool = True
     latency_repeats: int = 20
     bootstrap_resamples: int = 1000
+    identities: dict[str, CellIdentity] = dataclasses.field(default_factory=dict)  # by class
+    references: dict[str, Flat] = dataclasses.field(default_factory=dict)  # the method's
 
 
 @dataclass
@@ -84,6 +105,7 @@ class RunSummary:
     skipped: list[Cell]
     failed: dict[Cell, str]  # cell -> error message
     user_errors: int = 0  # failures caused by bad input (exit code 2)
+    busy: list[Cell] = dataclasses.field(default_factory=list)  # locked by another run
 
     @property
     def exit_code(self) -> int:
@@ -141,14 +163,22 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     cache_dir = Path(cfg.cache_dir).expanduser()
     root = dataset_root(ds_cfg, cache_dir)
     categories = resolve_categories(cfg.category, list(ds_cfg.categories))
-    for category in categories:
-        index_split(root, category, "train")
-        index_split(root, category, "test")
+    samples = {
+        category: [*index_split(root, category, "train"), *index_split(root, category, "test")]
+        for category in categories
+    }
     seeds = resolve_seeds(cfg.seed)
     if not cfg.dry_run:
         check_writable(results_dir)
+    shared = config_variant(cfg, cache_dir)
+    names = (ds_cfg.name, method_cfg.name, backbone_cfg.name)
+    synthetic = None if ds_cfg.synthetic is None else dataclasses.asdict(ds_cfg.synthetic)
+    identities = {
+        category: cell_identity(shared, names, synthetic, root / category, samples[category])
+        for category in categories
+    }
     cells = [
-        Cell(ds_cfg.name, method_cfg.name, backbone_cfg.name, category, seed)
+        Cell(*names, category, seed, shared.variant.name)
         for category in categories
         for seed in seeds
     ]
@@ -169,38 +199,143 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         progress=cfg.progress,
         latency_repeats=cfg.latency_repeats,
         bootstrap_resamples=cfg.bootstrap_resamples,
+        identities=identities,
+        references=shared.references,
     )
 
 
-def is_done(cell: Cell, results_dir: Path) -> bool:
-    return (cell.directory(results_dir) / METRICS_FILE).is_file()
+@dataclass(frozen=True)
+class CellCheck:
+    """What a cell folder holds: a finished result of this very cell, or why not."""
+
+    done: bool
+    problem: str | None = None  # why a stored result cannot stand for this cell
+    set_aside: tuple[tuple[str, str], ...] = ()  # (file, reason) to rename when the cell runs
+
+
+def check_cell(cell_dir: Path, identity: CellIdentity, references: dict[str, Flat]) -> CellCheck:
+    """Done = metrics.json parses, validates and is this cell's identity, and its maps load."""
+    record, problem = read_checked(cell_dir / METRICS_FILE)
+    if record is None:
+        if problem is None:
+            return CellCheck(False)
+        return CellCheck(
+            False, f"{cell_dir / METRICS_FILE} {problem}", ((METRICS_FILE, "corrupt"),)
+        )
+    reason = mismatch(record, identity, references)
+    if reason is not None:
+        files = ((METRICS_FILE, "superseded"), (MAPS_FILE, "superseded"))
+        return CellCheck(False, f"{cell_dir / METRICS_FILE} is another setting's: {reason}", files)
+    maps = cell_dir / MAPS_FILE
+    damaged = maps_problem(maps) if maps.exists() else None
+    if damaged is not None:
+        return CellCheck(False, f"{maps} {damaged}", ((MAPS_FILE, "corrupt"),))
+    return CellCheck(True)
+
+
+def is_done(cell: Cell, plan: RunPlan) -> bool:
+    """Whether the cell's folder holds its finished result (see check_cell)."""
+    cell_dir = cell.directory(plan.results_dir)
+    return check_cell(cell_dir, plan.identities[cell.category], plan.references).done
 
 
 def run_cells(plan: RunPlan) -> RunSummary:
     """Run every cell; a failing cell is recorded and the others go on."""
     summary = RunSummary(done=[], skipped=[], failed={})
     for index, cell in enumerate(plan.cells, start=1):
-        if is_done(cell, plan.results_dir) and not plan.overwrite:
-            log.info("[%d/%d] %s: done already, skipped", index, len(plan.cells), cell.label())
-            summary.skipped.append(cell)
-            continue
-        log.info("[%d/%d] %s: running", index, len(plan.cells), cell.label())
+        label = f"[{index}/{len(plan.cells)}] {cell.label()}"
         try:
-            record = run_cell(cell, plan)
+            outcome = _run_locked(cell, plan, label)
         except Exception as err:  # any fault stops this cell only; it is recorded
             message = _failure_message(err, plan)
             _record_failure(cell, plan, err, message)
             summary.failed[cell] = message
             summary.user_errors += isinstance(err, AnobenchError)
-            log.error("%s failed: %s", cell.label(), message)
+            log.error("%s failed; the error is in its error.json and below", cell.label())
+            trace.error("%s failed: %s", cell.label(), message)
             plan.hardware.empty_cache()
             continue
-        summary.done.append(cell)
-        shown = {
-            k: v for k, v in record["metrics"].items() if k in ("image_auroc", "pixel_auroc", "pro")
-        }
-        log.info("%s: %s", cell.label(), ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+        if outcome is None:
+            summary.skipped.append(cell)
+        elif outcome == "busy":
+            summary.busy.append(cell)
+        else:
+            summary.done.append(cell)
+            shown = {k: v for k, v in outcome.items() if k in ("image_auroc", "pixel_auroc", "pro")}
+            log.info("%s: %s", cell.label(), ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
     return summary
+
+
+def _run_locked(cell: Cell, plan: RunPlan, label: str) -> dict[str, Any] | str | None:
+    """Run one cell under its lock: its metrics, "busy" (another run holds it) or None (done)."""
+    cell_dir = confine(cell.directory(plan.results_dir), plan.results_dir)
+    identity = plan.identities[cell.category]
+    if not plan.overwrite and check_cell(cell_dir, identity, plan.references).done:
+        log.info("%s: done already, skipped", label)
+        return None
+    try:
+        lock = CellLock(cell_dir)
+        lock.acquire()
+    except CellBusyError as busy:
+        log.info("%s: %s; skipped, that run finishes it", label, busy)
+        return "busy"
+    try:
+        check = check_cell(cell_dir, identity, plan.references)  # another run may have finished
+        if check.done and not plan.overwrite:
+            log.info("%s: finished by another run meanwhile, skipped", label)
+            return None
+        log.info("%s: running", label)
+        _prepare_cell(cell_dir, check, identity, plan)
+        return run_cell(cell, plan)["metrics"]
+    finally:
+        lock.release()
+
+
+def _prepare_cell(cell_dir: Path, check: CellCheck, identity: CellIdentity, plan: RunPlan) -> None:
+    """Under the lock: drop a killed run's temporaries, set aside unusable files, check the
+    checkpoint's identity and name the identity the next checkpoints are written under."""
+    stale = remove_temporaries(cell_dir)
+    if stale:
+        log.info("removed %d temporary file(s) a killed run left in %s", len(stale), cell_dir)
+    if check.problem is not None:
+        moved = [
+            set_aside(cell_dir / name, reason).name
+            for name, reason in check.set_aside
+            if (cell_dir / name).exists()
+        ]
+        log.warning("%s; set aside as %s, recomputing", check.problem, ", ".join(moved))
+    checkpoint = cell_dir / CHECKPOINT_FILE
+    sidecar = cell_dir / CHECKPOINT_IDENTITY_FILE
+    if plan.overwrite:
+        if checkpoint.exists():
+            log.info("overwrite=true: removed %s; training starts from epoch 0", checkpoint)
+        checkpoint.unlink(missing_ok=True)
+    elif checkpoint.exists():
+        stored = read_record(sidecar)
+        reason = (
+            f"no readable {CHECKPOINT_IDENTITY_FILE} names its setting"
+            if stored is None
+            else mismatch(stored, identity, plan.references)
+        )
+        if reason is not None:
+            aside = set_aside(checkpoint, "mismatch")
+            log.warning(
+                "%s is not this setting's (%s); set aside as %s, training starts from epoch 0",
+                checkpoint,
+                reason,
+                aside.name,
+            )
+    write_json_atomic(
+        sidecar,
+        {
+            "dataset": identity.dataset,
+            "method": identity.method,
+            "backbone": identity.backbone,
+            **identity.record_fields(),
+            "written": _now(),
+            "config": plan.resolved_config,
+        },
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -208,6 +343,11 @@ def _fmt(value: float | None) -> str:
 
 
 def _failure_message(err: BaseException, plan: RunPlan) -> str:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device of results_dir={plan.results_dir} ({err.strerror}); "
+            "free space or choose another results_dir, then rerun (finished cells are kept)"
+        )
     if isinstance(err, torch.OutOfMemoryError):
         peak = plan.hardware.peak_memory_bytes() or 0
         return (
@@ -218,19 +358,28 @@ def _failure_message(err: BaseException, plan: RunPlan) -> str:
 
 
 def _record_failure(cell: Cell, plan: RunPlan, err: BaseException, message: str) -> None:
-    write_json_atomic(
-        cell.directory(plan.results_dir) / ERROR_FILE,
-        {
-            "schema": SCHEMA_VERSION,
-            "status": "failed",
-            **dataclasses.asdict(cell),
-            "error": message,
-            "error_type": type(err).__name__,
-            "traceback": traceback.format_exception(err),
-            "finished": _now(),
-            "config": plan.resolved_config,
-        },
-    )
+    """error.json in the cell's folder, where possible (not outside results_dir, disk full)."""
+    identity = plan.identities.get(cell.category)
+    try:
+        path = confine(cell.directory(plan.results_dir) / ERROR_FILE, plan.results_dir)
+        write_json_atomic(
+            path,
+            {
+                "schema": SCHEMA_VERSION,
+                "status": "failed",
+                **dataclasses.asdict(cell),
+                **(identity.record_fields() if identity is not None else {}),
+                "error": message,
+                "error_type": type(err).__name__,
+                "traceback": traceback.format_exception(err),
+                "finished": _now(),
+                "config": plan.resolved_config,
+            },
+        )
+    except (OSError, AnobenchError) as failure:
+        log.warning(
+            "%s: the failure could not be recorded in %s (%s)", cell.label(), ERROR_FILE, failure
+        )
 
 
 def _now() -> str:
@@ -258,7 +407,8 @@ def ordered_loader(
 def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     """Train and evaluate one cell; write its maps, then its record (the record marks it done)."""
     started = _now()
-    cell_dir = cell.directory(plan.results_dir)
+    cell_dir = confine(cell.directory(plan.results_dir), plan.results_dir)
+    identity = plan.identities[cell.category]
     hardware = plan.hardware
     seed_everything(cell.seed)
     image_size, resize = plan.method_cfg.image_size, plan.method_cfg.resize
@@ -329,6 +479,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         "schema": SCHEMA_VERSION,
         "status": "done",
         **dataclasses.asdict(cell),
+        **identity.record_fields(),
         "metrics": metrics,
         **statistics.record_fields(),
         "cost": {
@@ -350,12 +501,14 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         "git_commit": git_commit(),
         "started": started,
         "finished": _now(),
+        "maps": plan.save_maps,
         "config": plan.resolved_config,
     }
     write_per_image(cell_dir / PER_IMAGE_FILE, statistics.per_image)
     if plan.save_maps:
         write_maps_atomic(cell_dir / MAPS_FILE, maps_np, paths)
+    write_overrides(cell_dir, cell.method, identity.variant)
     write_json_atomic(cell_dir / METRICS_FILE, record)
-    (cell_dir / ERROR_FILE).unlink(missing_ok=True)
-    (cell_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    for done_with in (ERROR_FILE, CHECKPOINT_FILE, CHECKPOINT_IDENTITY_FILE):
+        (cell_dir / done_with).unlink(missing_ok=True)
     return record

@@ -27,13 +27,16 @@ from rich.console import Console
 from rich.table import Table
 
 from anobench.errors import AnobenchError
+from anobench.locks import live_owner
 from anobench.results import (
     CHECKPOINT_FILE,
     ERROR_FILE,
     METRICS_FILE,
-    RECORD_COLUMNS,
     Cell,
+    damaged_warning,
+    read_checked,
     read_record,
+    split_model_folder,
     write_json_atomic,
 )
 
@@ -100,6 +103,11 @@ def expand_multirun_args(args: list[str]) -> list[str]:
     the arguments ask for help or set dry_run=true, the expected cells are written to
     <results_dir>/_sweeps/<time>.json for `anobench status`.
     """
+    return expand_multirun(args)[0]
+
+
+def expand_multirun(args: list[str]) -> tuple[list[str], list[Path]]:
+    """expand_multirun_args, and the sweep records it wrote (one per results folder)."""
     from hydra._internal.utils import get_args_parser
 
     from anobench.config import register_configs
@@ -108,7 +116,7 @@ def expand_multirun_args(args: list[str]) -> list[str]:
     register_launcher_configs()
     ns, unknown = get_args_parser().parse_known_args(args)
     if unknown:
-        return list(args)  # Hydra reports the unknown arguments
+        return list(args), []  # Hydra reports the unknown arguments
     if ns.cfg or ns.info or ns.shell_completion:
         raise AnobenchError(
             "Hydra cannot combine -m with --cfg, --info or --shell-completion; drop -m to print "
@@ -121,14 +129,14 @@ def expand_multirun_args(args: list[str]) -> list[str]:
         try:
             parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
         except HydraException:
-            return list(args)
+            return list(args), []
         if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
-            return list(args)  # interval sweeps belong to optimising sweepers; nothing to expand
+            return list(args), []  # interval sweeps belong to optimising sweepers
         cell_sweeps = {o.key_or_group: o for o in parsed if _is_cell_override(o)}
         try:
             combinations = _compose_combinations(ns.config_name or "config", parsed)
         except (HydraException, OmegaConfBaseException):
-            return list(args)  # Hydra reports the composition error in its own words
+            return list(args), []  # Hydra reports the composition error in its own words
     launcher = str(combinations[0].cfg.hydra.launcher.get("_target_", ""))
     if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
         raise AnobenchError(
@@ -141,12 +149,14 @@ def expand_multirun_args(args: list[str]) -> list[str]:
         "seed": _cell_argument("seed", seeds, cell_sweeps.get("seed")),
     }
     expanded = _replace_overrides(args, overrides, parsed, replacements)
+    records = []
     if not (ns.help or ns.hydra_help or any(c.cfg.dry_run for c in combinations)):
         flags = [a for a in args if a not in overrides and a not in ("-m", "--multirun")]
         for results_dir, cells in _expected_cells(combinations, categories, seeds).items():
             path = record_sweep(results_dir, cells, flags, ["anobench", "run", *expanded])
             log.info("this sweep expects %d cell(s); recorded in %s", len(cells), path)
-    return expanded
+            records.append(path)
+    return expanded, records
 
 
 @contextmanager
@@ -285,10 +295,18 @@ def _expected_cells(
     combinations: list[_Combination], categories: list[str], seeds: list[int]
 ) -> dict[Path, list[dict[str, Any]]]:
     """Per results folder: every cell of the sweep with the overrides of the job that runs it."""
+    from anobench.identity import config_variant, reference_configs
+
     cells: dict[Path, list[dict[str, Any]]] = {}
+    references: dict[str, Any] = {}
     for combination in combinations:
         cfg = combination.cfg
         results_dir = Path(str(cfg.results_dir)).expanduser()
+        method = str(cfg.method.name)
+        if method not in references:
+            references[method] = reference_configs(method)
+        cache_dir = Path(str(cfg.cache_dir)).expanduser()
+        variant = config_variant(cfg, cache_dir, references[method]).variant.name
         for category in categories:
             for seed in seeds:
                 cells.setdefault(results_dir, []).append(
@@ -298,6 +316,7 @@ def _expected_cells(
                         "backbone": str(cfg.backbone.name),
                         "category": category,
                         "seed": seed,
+                        "variant": variant,
                         "overrides": [
                             *combination.overrides,
                             f"category={_override_value(category)}",
@@ -357,7 +376,7 @@ class _Job:
 @dataclass(frozen=True)
 class CellState:
     cell: Cell
-    state: str  # done | failed | missing
+    state: str  # done | running | failed | missing
     detail: str = ""  # the error of a failed cell; what a missing cell has on disk
     job: _Job | None = None  # set when a recorded sweep expects the cell
 
@@ -365,8 +384,9 @@ class CellState:
 def sweep_status(results_dir: Path, now: float | None = None) -> list[CellState]:
     """Every cell a recorded sweep expects or that has a folder, with its state.
 
-    done: a readable metrics.json; failed: error.json and no metrics.json; missing: anything else
-    (a checkpoint of an interrupted or still running job, partial files, or nothing yet).
+    done: a valid metrics.json; running: no result, and a live run holds the cell's lock;
+    failed: error.json and no metrics.json; missing: anything else (a checkpoint of an
+    interrupted job, a damaged record, partial files, or nothing yet).
     """
     now = time.time() if now is None else now
     expected: dict[Cell, _Job] = {}
@@ -375,7 +395,7 @@ def sweep_status(results_dir: Path, now: float | None = None) -> list[CellState]
         if record is None or record.get("schema") != SWEEP_SCHEMA:
             continue
         for entry in record["cells"]:
-            cell = Cell(*(entry[key] for key in RECORD_COLUMNS))
+            cell = Cell.of(entry)
             overrides = tuple(o for o in entry["overrides"] if not o.startswith(_cell_prefixes()))
             expected[cell] = _Job(record["cwd"], tuple(record["flags"]), overrides)
     found = sorted(set(_cell_folders(results_dir)) - set(expected), key=_cell_order)
@@ -390,21 +410,29 @@ def _cell_prefixes() -> tuple[str, ...]:
 
 
 def _cell_order(cell: Cell) -> tuple:
-    return (cell.dataset, cell.method, cell.backbone, cell.category, cell.seed)
+    return (cell.dataset, cell.method, cell.variant, cell.backbone, cell.category, cell.seed)
 
 
 def _cell_folders(results_dir: Path) -> Iterator[Cell]:
-    """Cells with a folder <dataset>/<method>/<backbone>/<category>/seed<N> under results_dir."""
+    """Cells with a folder <dataset>/<method>[+<variant>]/<backbone>/<category>/seed<N>."""
     for folder in results_dir.glob("*/*/*/*/seed*"):
         parts = folder.relative_to(results_dir).parts
         match = re.fullmatch(r"seed(-?\d+)", parts[4])
         if match and folder.is_dir() and not any(p.startswith(("_", ".")) for p in parts):
-            yield Cell(*parts[:4], int(match[1]))
+            method, variant = split_model_folder(parts[1])
+            yield Cell(parts[0], method, parts[2], parts[3], int(match[1]), variant)
 
 
 def _state(cell_dir: Path, now: float) -> tuple[str, str]:
-    if read_record(cell_dir / METRICS_FILE) is not None:
+    record, problem = read_checked(cell_dir / METRICS_FILE)
+    if record is not None:
         return "done", ""
+    owner = live_owner(cell_dir)
+    if owner is not None:
+        return "running", f"locked by {owner.describe()}"
+    if problem is not None:
+        log.warning(damaged_warning(cell_dir / METRICS_FILE, problem))
+        return "missing", f"{METRICS_FILE} is damaged ({problem})"
     error = read_record(cell_dir / ERROR_FILE)
     checkpoint = cell_dir / CHECKPOINT_FILE
     if error is not None:
@@ -412,9 +440,7 @@ def _state(cell_dir: Path, now: float) -> tuple[str, str]:
         return "failed", f"{error.get('error', '')}{kept}"
     if checkpoint.is_file():
         age = now - checkpoint.stat().st_mtime
-        return "missing", f"checkpoint.pt written {_ago(age)} (interrupted, or still running)"
-    if (cell_dir / METRICS_FILE).exists():
-        return "missing", f"{METRICS_FILE} is unreadable"
+        return "missing", f"checkpoint.pt written {_ago(age)} (interrupted)"
     if cell_dir.is_dir():
         return "missing", "started, no result yet"
     return "missing", "not started"
@@ -437,7 +463,7 @@ def resubmit_commands(states: list[CellState], cwd: Path | None = None) -> list[
     cwd = Path.cwd() if cwd is None else cwd
     groups: dict[_Job, dict[str, list[int]]] = {}
     for state in states:
-        if state.state != "done" and state.job is not None:
+        if state.state in ("failed", "missing") and state.job is not None:
             seeds = groups.setdefault(state.job, {}).setdefault(state.cell.category, [])
             seeds.append(state.cell.seed)
     commands = []
@@ -468,14 +494,15 @@ def print_sweep_status(states: list[CellState], results_dir: Path, console: Cons
         console.print(f"no cells under {results_dir} and no recorded sweep in it")
         return
     counts: dict[tuple[str, str, str], dict[str, int]] = {}
+    kinds = ("done", "running", "failed", "missing")
     for state in states:
-        model = (state.cell.dataset, state.cell.method, state.cell.backbone)
-        counts.setdefault(model, {"done": 0, "failed": 0, "missing": 0})[state.state] += 1
+        model = (state.cell.dataset, state.cell.model_folder, state.cell.backbone)
+        counts.setdefault(model, dict.fromkeys(kinds, 0))[state.state] += 1
     table = Table(title=f"Cells under {results_dir}")
-    for name in ("dataset", "method", "backbone", "done", "failed", "missing"):
-        table.add_column(name, justify="right" if name in ("done", "failed", "missing") else "left")
+    for name in ("dataset", "method", "backbone", *kinds):
+        table.add_column(name, justify="right" if name in kinds else "left")
     for model, row in counts.items():
-        table.add_row(*model, *(str(row[s]) for s in ("done", "failed", "missing")))
+        table.add_row(*model, *(str(row[s]) for s in kinds))
     console.print(table)
     if all(state.state == "done" for state in states):
         console.print(f"all {len(states)} cells are done")
@@ -483,11 +510,10 @@ def print_sweep_status(states: list[CellState], results_dir: Path, console: Cons
     unrecorded = False
     for state in states:
         if state.state != "done":
-            cell = state.cell
-            where = f"{cell.dataset}/{cell.method}/{cell.backbone}/{cell.category}/seed{cell.seed}"
+            where = state.cell.directory(Path()).as_posix()
             note = f": {state.detail}" if state.detail else ""
             console.print(f"{state.state}: {where}{note}", markup=False, soft_wrap=True)
-            unrecorded = unrecorded or state.job is None
+            unrecorded = unrecorded or (state.job is None and state.state != "running")
     commands = resubmit_commands(states)
     if commands:
         console.print("\nresubmit the failed and missing cells of the recorded sweeps:")
@@ -511,3 +537,15 @@ def status_command(ns: argparse.Namespace) -> int:
     states = sweep_status(results_dir)
     print_sweep_status(states, results_dir, Console())
     return 0 if all(state.state == "done" for state in states) else 1
+
+
+def print_sweep_tables(records: list[Path], console: Console) -> None:
+    """After a multirun: one table per model of all the cells its sweep records expect."""
+    from anobench.report import print_run_table
+
+    for path in records:
+        record = read_record(path)
+        if record is None or record.get("schema") != SWEEP_SCHEMA:
+            continue
+        cells = [Cell.of(entry) for entry in record["cells"]]
+        print_run_table(path.parent.parent, cells, console)

@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from anobench.data.mvtec import MVTEC_CATEGORIES, OBJECTS, TEXTURES
+from anobench.identity import record_arguments
 from anobench.metrics import METRIC_IDS
-from anobench.results import RECORD_COLUMNS
+from anobench.results import RECORD_COLUMNS, VARIANT_SEPARATOR
 from anobench.statistics import mean_interval
 
 PAPER_METRICS = ("image_auroc", "pixel_auroc", "pro")
@@ -50,15 +51,21 @@ _INTEGER_FIELDS = (
 )
 KEY_COLUMNS = (*RECORD_COLUMNS, "metric")
 INTERVAL_COLUMNS = ("ci_low", "ci_high")  # the cell's bootstrap interval of the value
+IDENTITY_COLUMNS = ("pretrained", "overrides")
 CSV_COLUMNS = (
     *KEY_COLUMNS,
     "value",
+    *IDENTITY_COLUMNS,
     "device",
     "precision",
     "git_commit",
     *COST_FIELDS,
     *INTERVAL_COLUMNS,
 )
+# A model of a table: a method setting (variant) with a backbone and its weights.
+MODEL_COLUMNS = ("method", "backbone", "variant", "pretrained")
+# Keys of the evaluation protocol: a variant that changes one is not compared with papers.
+PROTOCOL_KEYS = ("pro_fpr_limit",)
 PUBLISHED_DATASET = "mvtec"
 DATASET_TITLES = {"mvtec": "MVTec AD"}
 MISSING = "—"
@@ -136,7 +143,10 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for record in records:
         cost = record.get("cost") or {}
-        base = {key: record[key] for key in RECORD_COLUMNS}
+        base = {key: record.get(key) for key in RECORD_COLUMNS}
+        base["variant"] = record.get("variant") or ""
+        base["pretrained"] = record.get("pretrained")
+        base["overrides"] = " ".join(record_arguments(record))
         base |= {key: record.get(key) for key in ("device", "precision", "git_commit")}
         base |= {name: cost.get(name) for name in COST_FIELDS}
         intervals = record.get("intervals") or {}
@@ -152,11 +162,58 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return sort_frame(frame)
 
 
-def model_labels(frame: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(method, backbone) -> column label: the method, plus the backbone if it has several."""
-    pairs = sorted(set(zip(frame["method"], frame["backbone"], strict=True)))
-    counts = pd.Series([m for m, _ in pairs]).value_counts()
-    return {(m, b): m if counts[m] == 1 else f"{m} ({b})" for m, b in pairs}
+def _models_of_rows(frame: pd.DataFrame) -> list[tuple]:
+    """Each row's model (MODEL_COLUMNS; missing columns: reference setting, unknown weights)."""
+    missing = {c: "" if c == "variant" else None for c in MODEL_COLUMNS if c not in frame.columns}
+    return list(frame.assign(**missing)[list(MODEL_COLUMNS)].itertuples(index=False, name=None))
+
+
+def model_keys(frame: pd.DataFrame) -> list[tuple]:
+    """The models (MODEL_COLUMNS tuples) of a frame, sorted."""
+    return sorted(set(_models_of_rows(frame)), key=lambda k: tuple(str(v) for v in k))
+
+
+def select_model(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The rows of one model (a MODEL_COLUMNS tuple)."""
+    return frame[[model == key for model in _models_of_rows(frame)]]
+
+
+def model_labels(frame: pd.DataFrame) -> dict[tuple, str]:
+    """Model -> column label: the method (with `+variant`), the backbone if the method ran
+    with several, and `random weights` when the backbone was not pretrained."""
+    keys = model_keys(frame)
+    backbones: dict[str, set[str]] = {}
+    for method, backbone, *_ in keys:
+        backbones.setdefault(method, set()).add(backbone)
+    labels = {}
+    for key in keys:
+        method, backbone, variant, pretrained = key
+        name = f"{method}{VARIANT_SEPARATOR}{variant}" if variant else method
+        details = [backbone] if len(backbones[method]) > 1 else []
+        details += ["random weights"] if pretrained is False else []
+        labels[key] = f"{name} ({', '.join(details)})" if details else name
+    return labels
+
+
+def _variant_notes(frame: pd.DataFrame) -> list[str]:
+    """One note per model whose setting is not the paper's: the overrides that make it."""
+    if "overrides" not in frame.columns:
+        return []
+    labels = model_labels(frame)
+    notes = []
+    for key, label in labels.items():
+        overrides = select_model(frame, key)["overrides"].dropna().unique()
+        if len(overrides) and overrides[0]:
+            notes.append(f"{label} = method={key[0]} {overrides[0]}")
+    return notes
+
+
+def _standard_protocol(frame: pd.DataFrame, key: tuple) -> bool:
+    """Whether a model was evaluated as the papers were (no protocol key overridden)."""
+    if "overrides" not in frame.columns:
+        return True
+    texts = select_model(frame, key)["overrides"].dropna()
+    return not any(f"{k}=" in text for text in texts for k in PROTOCOL_KEYS)
 
 
 def load_published() -> pd.DataFrame:
@@ -327,7 +384,10 @@ def _best_columns(row: list[Entry], columns: list[int]) -> set[int]:
     return {c for c, v in shown.items() if v == best}
 
 
-def _dataset_title(dataset: str) -> str:
+def _dataset_title(dataset: str, categories: Iterable[str] = ()) -> str:
+    """MVTec AD only when every class is one of it; else the dataset's own name."""
+    if dataset == PUBLISHED_DATASET and not set(categories) <= set(MVTEC_CATEGORIES):
+        return dataset
     return DATASET_TITLES.get(dataset, dataset)
 
 
@@ -342,31 +402,29 @@ def metric_table(
 ) -> TextTable:
     """One metric of one dataset: classes as rows, models (+ published, Δ) as columns."""
     frame = _percent(frame[frame["metric"] == metric])
-    dataset = frame["dataset"].iloc[0]
     labels = model_labels(frame)
     layout = row_layout(frame["category"].unique())
     header, measured_columns = ["Class"], []
-    with_pub = _published_methods(published, dataset, labels)
-    for method, backbone in labels:
+    with_pub = _published_models(published, frame, labels)
+    for key, label in labels.items():
         measured_columns.append(len(header))
-        header.append(labels[method, backbone])
-        if method in with_pub:
-            header += [f"{method} pub.", "Δ"]
+        header.append(label)
+        if key in with_pub:
+            header += [f"{key[0]} pub.", "Δ"]
     rows = []
     for row in layout:
         entries: list[Entry] = [row.label]
-        for method, backbone in labels:
-            model = frame[(frame["method"] == method) & (frame["backbone"] == backbone)]
-            stat = row_stat(model, row, intervals)
+        for key in labels:
+            stat = row_stat(select_model(frame, key), row, intervals)
             entries.append(stat)
-            if method in with_pub:
-                entries += _published_entries(published, method, metric, row, stat)
+            if key in with_pub:
+                entries += _published_entries(published, key[0], metric, row, stat)
         rows.append(entries)
-    title = f"{METRIC_TITLES.get(metric, metric)} (%) on {_dataset_title(dataset)}"
+    title = f"{METRIC_TITLES.get(metric, metric)} (%) on {_frame_title(frame)}"
     table = TextTable(title, header, rows, rules=_rules(layout))
     table.bold = [_best_columns(r, measured_columns) for r in rows]
     table.n_seeds = _common_n(e for r in rows for e in r)
-    table.notes = _notes(frame, table, bool(with_pub))
+    table.notes = _notes(frame, table, bool(with_pub)) + _variant_notes(frame)
     return table
 
 
@@ -378,8 +436,9 @@ def paper_table(
 ) -> TextTable:
     """One model on one dataset in the papers' layout: classes as rows, metrics as columns."""
     frame = _percent(frame)
-    dataset, method, backbone = (frame[c].iloc[0] for c in ("dataset", "method", "backbone"))
-    with_pub = bool(_published_methods(published, dataset, {(method, backbone): method}))
+    method, backbone = (frame[c].iloc[0] for c in ("method", "backbone"))
+    (key,) = model_keys(frame)
+    with_pub = bool(_published_models(published, frame, {key: method}))
     layout = row_layout(frame["category"].unique())
     header = ["Class"]
     for metric in metrics:
@@ -395,19 +454,27 @@ def paper_table(
             if with_pub:
                 entries += _published_entries(published, method, metric, row, stat)
         rows.append(entries)
-    title = f"{method} ({backbone}) on {_dataset_title(dataset)}, percent"
+    name = f"{method}{VARIANT_SEPARATOR}{key[2]}" if key[2] else method
+    weights = ", random weights" if key[3] is False else ""
+    title = f"{name} ({backbone}{weights}) on {_frame_title(frame)}, percent"
     table = TextTable(title, header, rows, bold=[set() for _ in rows], rules=_rules(layout))
     table.n_seeds = _common_n(e for r in rows for e in r)
-    table.notes = _notes(frame, table, with_pub)
+    table.notes = _notes(frame, table, with_pub) + _variant_notes(frame)
     return table
 
 
-def _published_methods(
-    published: pd.DataFrame | None, dataset: str, labels: dict[tuple[str, str], str]
-) -> set[str]:
-    if published is None or dataset != PUBLISHED_DATASET:
+def _frame_title(frame: pd.DataFrame) -> str:
+    return _dataset_title(frame["dataset"].iloc[0], frame["category"].unique())
+
+
+def _published_models(
+    published: pd.DataFrame | None, frame: pd.DataFrame, labels: dict[tuple, str]
+) -> set[tuple]:
+    """Models with published numbers: a published method on MVTec AD, standard protocol."""
+    if published is None or frame["dataset"].iloc[0] != PUBLISHED_DATASET:
         return set()
-    return {m for m, _ in labels} & set(published["method"])
+    methods = set(published["method"])
+    return {k for k in labels if k[0] in methods and _standard_protocol(frame, k)}
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -426,7 +493,7 @@ def fmt_number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
 
 def cost_table(frame: pd.DataFrame) -> TextTable | None:
     """What each model cost on one dataset (means over cells, peaks as maxima), or None."""
-    cells = frame.drop_duplicates(subset=list(RECORD_COLUMNS))
+    cells = frame.drop_duplicates(subset=[c for c in RECORD_COLUMNS if c in frame.columns])
     if cells[list(COST_FIELDS)].isna().all().all():
         return None
     labels = model_labels(cells)
@@ -454,18 +521,19 @@ def cost_table(frame: pd.DataFrame) -> TextTable | None:
     rows: list[list[Entry]] = []
     for name, compute in quantities:
         row: list[Entry] = [name]
-        for method, backbone in labels:
-            model = cells[(cells["method"] == method) & (cells["backbone"] == backbone)]
-            row.append(compute(model))
+        for key in labels:
+            row.append(compute(select_model(cells, key)))
         rows.append(row)
-    dataset = cells["dataset"].iloc[0]
     return TextTable(
-        f"Cost on {_dataset_title(dataset)}",
+        f"Cost on {_frame_title(cells)}",
         ["", *labels.values()],
         rows,
         bold=[set() for _ in rows],
         rules={len(quantities) - 3},
-        notes=["means over cells (classes x seeds); peak memory: maximum; —: not recorded"],
+        notes=[
+            "means over cells (classes x seeds); peak memory: maximum; —: not recorded",
+            *_variant_notes(cells),
+        ],
     )
 
 
@@ -524,12 +592,12 @@ def build_tables(
         suffix = "" if len(datasets) == 1 else f"_{dataset}"
         data = frame[frame["dataset"] == dataset]
         labels = model_labels(data)
-        for (method, backbone), label in labels.items():
-            model = data[(data["method"] == method) & (data["backbone"] == backbone)]
-            stem = method if label == method else f"{method}_{backbone}"
+        stems = _model_stems(labels)
+        for key in labels:
+            model = select_model(data, key)
             tables.append(
                 NamedTable(
-                    f"paper_{stem}{suffix}",
+                    f"paper_{stems[key]}{suffix}",
                     paper_table(model, published=published, intervals=intervals),
                     True,
                 )
@@ -544,6 +612,23 @@ def build_tables(
     return tables
 
 
+def _model_stems(labels: dict[tuple, str]) -> dict[tuple, str]:
+    """File stems: method[_variant][_backbone if it has several][_random if needed to differ]."""
+    backbones: dict[str, set[str]] = {}
+    for method, backbone, *_ in labels:
+        backbones.setdefault(method, set()).add(backbone)
+    stems = {}
+    for key in labels:
+        method, backbone, variant, _ = key
+        parts = [method, variant, backbone if len(backbones[method]) > 1 else ""]
+        stems[key] = "_".join(p for p in parts if p)
+    taken = list(stems.values())
+    for key, stem in stems.items():
+        if taken.count(stem) > 1 and key[3] is False:
+            stems[key] = f"{stem}_random"
+    return stems
+
+
 # --- per defect type -----------------------------------------------------------------------------
 
 DEFECT_NOTE = (
@@ -556,13 +641,15 @@ def defects_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """The records' per-defect metrics: one row per cell, defect type and metric."""
     rows = []
     for record in records:
-        base = {key: record[key] for key in RECORD_COLUMNS}
+        base = {key: record.get(key) for key in RECORD_COLUMNS}
+        base["variant"] = record.get("variant") or ""
+        base["pretrained"] = record.get("pretrained")
         for defect, values in (record.get("by_defect") or {}).items():
             for metric, value in values.items():
                 if metric != "n_images":
                     row = {"defect": defect, "n_images": values.get("n_images")}
                     rows.append({**base, **row, "metric": metric, "value": value})
-    columns = [*RECORD_COLUMNS, "defect", "n_images", "metric", "value"]
+    columns = [*RECORD_COLUMNS, "pretrained", "defect", "n_images", "metric", "value"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["value"] = pd.to_numeric(frame["value"]).astype(float)
     return frame
@@ -571,7 +658,8 @@ def defects_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def defect_table(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) -> TextTable:
     """One model on one dataset: per class and defect type its images and metrics (percent)."""
     frame = _percent(frame)
-    dataset, method, backbone = (frame[c].iloc[0] for c in ("dataset", "method", "backbone"))
+    (key,) = model_keys(frame)
+    label = model_labels(frame)[key]
     header = ["Class", "Defect", "Images", *(METRIC_TITLES.get(m, m) for m in metrics)]
     rows: list[list[Entry]] = []
     rules = set()
@@ -586,7 +674,7 @@ def defect_table(frame: pd.DataFrame, metrics: Sequence[str] = PAPER_METRICS) ->
             for metric in metrics:
                 entries.append(class_stat(cells.loc[cells["metric"] == metric, "value"]))
             rows.append(entries)
-    title = f"{method} ({backbone}) per defect type on {_dataset_title(dataset)}, percent"
+    title = f"{label} ({key[1]}) per defect type on {_frame_title(frame)}, percent"
     table = TextTable(title, header, rows, bold=[set() for _ in rows], rules=rules)
     table.n_seeds = _common_n(e for r in rows for e in r)
     table.notes = [DEFECT_NOTE]
@@ -605,9 +693,8 @@ def build_defect_tables(records: Sequence[dict[str, Any]]) -> list[NamedTable]:
     for dataset in datasets:
         suffix = "" if len(datasets) == 1 else f"_{dataset}"
         data = frame[frame["dataset"] == dataset]
-        labels = model_labels(data)
-        for (method, backbone), label in labels.items():
-            model = data[(data["method"] == method) & (data["backbone"] == backbone)]
-            stem = method if label == method else f"{method}_{backbone}"
+        stems = _model_stems(model_labels(data))
+        for key, stem in stems.items():
+            model = select_model(data, key)
             tables.append(NamedTable(f"defects_{stem}{suffix}", defect_table(model), True))
     return tables

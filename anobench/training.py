@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from anobench.hardware import Hardware, epoch_generator, rng_state, set_rng_state
-from anobench.results import write_atomic
+from anobench.progress import progress as progress_bar
+from anobench.results import set_aside, write_atomic
+
+log = logging.getLogger("anobench")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,6 +69,92 @@ def _save_atomic(state: dict, path: Path) -> None:
     write_atomic(path, lambda handle: torch.save(state, handle))
 
 
+def portable_rng_state() -> dict:
+    """rng_state() as tensors and lists only, so a checkpoint loads with weights_only=True."""
+    state = rng_state()
+    version, internal, gauss = state["python"]
+    name, keys, position, has_gauss, cached = state["numpy"]
+    portable = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": state["torch"],
+    }
+    if "cuda" in state:
+        portable["cuda"] = list(state["cuda"])
+    return portable
+
+
+def restore_rng_state(portable: dict) -> None:
+    """Undo portable_rng_state (RNG states must be CPU tensors, wherever the file was loaded to)."""
+    version, internal, gauss = portable["python"]
+    name, keys, position, has_gauss, cached = portable["numpy"]
+    state = {
+        "python": (int(version), tuple(int(v) for v in internal), gauss),
+        "numpy": (
+            name,
+            keys.cpu().numpy().astype(np.uint32),
+            int(position),
+            int(has_gauss),
+            cached,
+        ),
+        "torch": portable["torch"].cpu(),
+    }
+    if "cuda" in portable:
+        state["cuda"] = [generator.cpu() for generator in portable["cuda"]]
+    set_rng_state(state)
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    hook: EpochHook | None,
+    hardware: Hardware,
+) -> dict | None:
+    """Load a checkpoint into the training state; None (state untouched) if it cannot be used.
+
+    Loading is weights-only: tensors and plain containers, never arbitrary pickled objects, so a
+    checkpoint planted in a shared results folder cannot run code. A checkpoint that does not
+    load (truncated, crafted, or of another network) is set aside with a warning.
+    """
+    before = {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "hook": hook.state_dict() if hook is not None else None,
+        "rng": rng_state(),
+    }
+    try:
+        state = torch.load(path, map_location=hardware.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if hook is not None and state.get("hook") is not None:
+            hook.load_state_dict(state["hook"])
+        restore_rng_state(state["rng"])
+        losses = [float(v) for v in state["losses"]]
+        epoch = int(state["epoch"])
+    except Exception as err:  # any fault of the file: it is set aside, training restarts
+        model.load_state_dict(before["model"])
+        optimizer.load_state_dict(before["optimizer"])
+        scaler.load_state_dict(before["scaler"])
+        if hook is not None:
+            hook.load_state_dict(before["hook"])
+        set_rng_state(before["rng"])
+        aside = set_aside(path, "unusable")
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning(
+            "checkpoint %s cannot be used (%s: %s); set aside as %s, training starts from epoch 0",
+            path,
+            type(err).__name__,
+            reason[:200],
+            aside.name,
+        )
+        return None
+    return {"losses": losses, "epoch": epoch, "stopped_early": bool(state.get("stopped_early"))}
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -92,27 +182,23 @@ def train(
     history = TrainHistory()
     start_epoch = 0
     if checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=hardware.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        if epoch_hook is not None and state.get("hook") is not None:
-            epoch_hook.load_state_dict(state["hook"])
-        history.losses = list(state["losses"])
-        start_epoch = state["epoch"]
-        history.resumed_from = start_epoch
-        history.stopped_early = state.get("stopped_early", False)
+        resumed = _resume(checkpoint_path, model, optimizer, scaler, epoch_hook, hardware)
+        if resumed is not None:
+            history.losses = resumed["losses"]
+            start_epoch = resumed["epoch"]
+            history.resumed_from = start_epoch
+            history.stopped_early = resumed["stopped_early"]
+            log.info(
+                "%s: resumed at epoch %d/%d from %s", desc, start_epoch, epochs, checkpoint_path
+            )
     model.train()
-    epoch_bar = tqdm(
+    epoch_bar = progress_bar(
         range(start_epoch, epochs),
         desc=desc,
         initial=start_epoch,
         total=epochs,
-        disable=not progress,
-        leave=False,
+        enabled=progress,
         unit="epoch",
-        dynamic_ncols=True,
     )
     for epoch in epoch_bar:
         if history.stopped_early:
@@ -147,7 +233,7 @@ def train(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "rng": rng_state(),
+                    "rng": portable_rng_state(),
                     "hook": epoch_hook.state_dict() if epoch_hook is not None else None,
                     "losses": history.losses,
                     "epoch": done,

@@ -72,7 +72,9 @@ def main() -> None:
                 *args.extra,
             ]
         )
-        records = list((tmp / "results").rglob(f"{method}/*/{args.category}/seed0/metrics.json"))
+        # the method's folder is <method>+<variant>: these runs are not the paper setting
+        found = (tmp / "results").rglob(f"*/{args.category}/seed0/metrics.json")
+        records = [p for p in found if json.loads(p.read_text())["method"] == method]
         if not records:
             lines.append(f"| {method} | - | - | - | - | - | - | - | - | {code} |")
             print(lines[-1], flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def tiny_run_args(tmp_path: Path, *extra: str, method: str = "knn") -> list[str]
     ]
 
 
+@functools.cache
+def tiny_variant(method: str) -> str:
+    """The variant folder name of `tiny_run_args` runs of `method` (`<method>+<hash>`)."""
+    from anobench.identity import config_variant
+
+    cfg = compose_config(f"method={method}", *TINY_DATA, "method.image_size=64")
+    variant = config_variant(cfg, None).variant.name
+    return f"{method}+{variant}" if variant else method
+
+
 def cell_dir(
     tmp_path: Path,
     category: str,
@@ -42,7 +53,9 @@ def cell_dir(
     seed: int = 0,
     backbone: str = "resnet18.tv_in1k",
 ) -> Path:
-    return tmp_path / "results" / "synthetic" / method / backbone / category / f"seed{seed}"
+    """The folder of a `tiny_run_args` cell."""
+    model = tiny_variant(method)
+    return tmp_path / "results" / "synthetic" / model / backbone / category / f"seed{seed}"
 
 
 def read_metrics(tmp_path: Path, category: str, **kwargs: object) -> dict:

@@ -116,8 +116,8 @@ def test_markdown_holds_every_key_and_the_verdict(tmp_path, capsys):
     cand = seeded_csv(tmp_path / "c.csv", {0: 0.80})
     assert compare(base, cand, "--stat", "--format", "md") == 1
     text = capsys.readouterr().out
-    assert "| dataset | method | backbone | category | seed | metric |" in text
-    row = "| mvtec | m | bb | carpet | 0 | image_auroc | 90.0 | 80.0 | -10.00 | **regressed** |"
+    assert "| dataset | method | backbone | category | seed | variant | metric |" in text
+    row = "| mvtec | m | bb | carpet | 0 |  | image_auroc | 90.0 | 80.0 | -10.00 | **regressed** |"
     assert row in text
     assert "tolerance only" in text and text.rstrip().endswith("-> FAIL`")
 

@@ -32,6 +32,8 @@ FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
 def _record(writer: int, index: int) -> dict:
     cell = Cell("synthetic", f"method{writer}", "backbone", f"class{index}", 0)
     return {
+        "schema": 1,
+        "status": "done",
         **dataclasses.asdict(cell),
         "metrics": {"image_auroc": index / RECORDS},
         "payload": str(writer) * PAYLOAD,
@@ -88,9 +90,10 @@ def test_concurrent_writers_lose_nothing_and_readers_never_see_a_torn_file(
     assert reads > WRITERS
 
 
-def _write_forever(path: Path) -> None:
+def _write_forever(path: Path, cell: Cell) -> None:
     for index in range(10**9):
-        write_json_atomic(path, {"index": index, "payload": "x" * 2_000_000})
+        record = {"schema": 1, "status": "done", **dataclasses.asdict(cell), "index": index}
+        write_json_atomic(path, {**record, "metrics": {"pro": 0.5}, "payload": "x" * 2_000_000})
 
 
 @pytest.mark.filterwarnings(FORK_WARNING)
@@ -99,7 +102,7 @@ def test_a_writer_killed_mid_write_leaves_the_last_complete_record(tmp_path: Pat
     cell = Cell("synthetic", "knn", "resnet18", "weave", 0)
     path = cell.directory(tmp_path) / METRICS_FILE
     for delay in (0.03, 0.07, 0.11, 0.17, 0.23, 0.31):
-        writer = context.Process(target=_write_forever, args=(path,))
+        writer = context.Process(target=_write_forever, args=(path, cell))
         writer.start()
         time.sleep(delay)
         os.kill(writer.pid, signal.SIGKILL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -21,8 +23,9 @@ from anobench import cli
 from anobench.data.synthetic import SyntheticSpec, ensure_synthetic
 from anobench.errors import AnobenchError
 from anobench.hardware import claim_slot, create_hardware
+from anobench.identity import config_variant
 from anobench.methods import list_methods
-from anobench.results import ERROR_FILE, METRICS_FILE, Cell, write_json_atomic
+from anobench.results import ERROR_FILE, METRICS_FILE, OVERRIDES_FILE, Cell, write_json_atomic
 from anobench.sweeps import (
     SWEEPS_DIR,
     _hydra_compose,
@@ -278,14 +281,21 @@ def test_multi_gpu_hardware_places_jobs_on_free_gpus() -> None:
 # ---- status and resubmission ----------------------------------------------------------------
 
 
+@functools.cache
+def _variant() -> str:
+    """The variant of TINY knn runs (method.image_size=32 is not the demo's size)."""
+    return config_variant(_compose("method=knn", *TINY), None).variant.name
+
+
 def _write_done(results_dir: Path, cell: Cell) -> None:
-    write_json_atomic(cell.directory(results_dir) / METRICS_FILE, {"metrics": {}})
+    record = {"schema": 1, "status": "done", **dataclasses.asdict(cell), "metrics": {"pro": 0.5}}
+    write_json_atomic(cell.directory(results_dir) / METRICS_FILE, record)
 
 
 def test_status_lists_done_failed_and_missing_cells(tmp_path: Path) -> None:
     args = ["-m", "method=knn", *TINY, "category=[weave,washer]", "seed=[0,1]"]
     expand_multirun_args([*args, f"results_dir={tmp_path}"])
-    cells = [Cell(*KNN, c, s) for c in CLASSES for s in (0, 1)]
+    cells = [Cell(*KNN, c, s, _variant()) for c in CLASSES for s in (0, 1)]
     _write_done(tmp_path, cells[0])
     _write_done(tmp_path, cells[2])
     write_json_atomic(cells[1].directory(tmp_path) / ERROR_FILE, {"error": "CUDA out of memory"})
@@ -306,11 +316,8 @@ def test_resubmit_commands_run_exactly_the_failed_and_missing_cells(tmp_path: Pa
     results = tmp_path / "results"
     args = ["-m", f"method=knn,{other}", *TINY, "category=[weave,washer]", "seed=[0,1]"]
     expand_multirun_args([*args, f"results_dir={results}"])
-    expected = {
-        Cell(**{k: c[k] for k in ("dataset", "method", "backbone", "category", "seed")})
-        for c in _records(results)[0]["cells"]
-    }
-    knn = [Cell(*KNN, c, s) for c in CLASSES for s in (0, 1)]
+    expected = {Cell.of(c) for c in _records(results)[0]["cells"]}
+    knn = [Cell(*KNN, c, s, _variant()) for c in CLASSES for s in (0, 1)]
     not_done = {knn[1], knn[3], next(c for c in expected if c.method == other and c.seed == 0)}
     for cell in expected - not_done:
         _write_done(results, cell)
@@ -324,11 +331,7 @@ def test_resubmit_commands_run_exactly_the_failed_and_missing_cells(tmp_path: Pa
         argv = shlex.split(command)
         assert argv[:3] == ["anobench", "run", "-m"]
         expand_multirun_args(argv[3:])
-    resubmitted = {
-        Cell(**{k: c[k] for k in ("dataset", "method", "backbone", "category", "seed")})
-        for record in _records(results)
-        for c in record["cells"]
-    }
+    resubmitted = {Cell.of(c) for record in _records(results) for c in record["cells"]}
     assert resubmitted == not_done
 
 
@@ -337,7 +340,7 @@ def test_status_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     expand_multirun_args(["-m", *TINY, "category=weave", f"results_dir={tmp_path}"])
     assert cli.main(["status", str(tmp_path)]) == 1
     assert "anobench run -m" in capsys.readouterr().out
-    _write_done(tmp_path, Cell(*KNN, "weave", 0))
+    _write_done(tmp_path, Cell(*KNN, "weave", 0, _variant()))
     assert cli.main(["status", str(tmp_path)]) == 0
 
 
@@ -354,12 +357,13 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _expected_files(seeds: list[int]) -> set[str]:
+    cells = [Cell(*KNN, c, s, _variant()) for c in CLASSES for s in seeds]
+    model_folder = cells[0].directory(Path()).parents[2]
     return {
-        str(Cell(*KNN, c, s).directory(Path()) / name)
-        for c in CLASSES
-        for s in seeds
-        for name in (METRICS_FILE, "maps.npz", "per_image.npz")
-    }
+        str(cell.directory(Path()) / name)
+        for cell in cells
+        for name in (METRICS_FILE, "maps.npz", "per_image.npz", OVERRIDES_FILE)
+    } | {str(model_folder / OVERRIDES_FILE)}
 
 
 def _result_files(results_dir: Path) -> set[str]:
@@ -392,7 +396,7 @@ def test_multirun_writes_exactly_one_cell_per_job(
     )
     assert code == 0
     assert _result_files(results) == _expected_files(seeds)
-    for cell in (Cell(*KNN, c, s) for c in CLASSES for s in seeds):
+    for cell in (Cell(*KNN, c, s, _variant()) for c in CLASSES for s in seeds):
         record = json.loads((cell.directory(results) / METRICS_FILE).read_text())
         assert (record["category"], record["seed"]) == (cell.category, cell.seed)
         assert record["config"]["category"] == cell.category  # one class per job

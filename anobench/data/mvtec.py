@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from anobench.errors import AnobenchError
+from anobench.progress import progress as progress_bar
 
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 OBJECTS = (
@@ -242,7 +242,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         first_soft_mask: Path | None = None
         n_soft = 0
         for i, sample in enumerate(
-            tqdm(self.samples, desc="decode", leave=False, disable=not progress)
+            progress_bar(self.samples, desc="decode", enabled=progress, unit="image")
         ):
             image = _decode(sample.image_path, "RGB")
             original_size = image.size

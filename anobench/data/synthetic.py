@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from tqdm.auto import tqdm
 
 from anobench.errors import AnobenchError
+from anobench.progress import progress as progress_bar
+from anobench.results import folder_mode
 
 SYNTHETIC_TEXTURES = ("weave", "marble")
 SYNTHETIC_OBJECTS = ("washer", "chip")
@@ -332,8 +333,8 @@ def generate(out: Path, spec: SyntheticSpec, progress: bool = False) -> Path:
                 f"synthetic output folder {folder} is not empty; remove it or choose another out"
             )
     width = max(3, len(str(max(spec.n_train, spec.n_test_good, spec.n_test_defect))))
-    for category, split, defect, index in tqdm(
-        _jobs(spec), desc="synthetic", leave=False, disable=not progress
+    for category, split, defect, index in progress_bar(
+        _jobs(spec), desc="synthetic", enabled=progress, unit="image"
     ):
         rng = _rng(spec.seed, category, f"{split}/{defect}", index)
         kind = None if defect == "good" else defect
@@ -374,7 +375,7 @@ def ensure_synthetic(cache_root: Path, spec: SyntheticSpec) -> Path:
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=cache_root))
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+        staging.chmod(folder_mode())  # mkdtemp makes it private; the cache is meant to be shared
         generate(staging, spec)
         payload = {"version": GENERATOR_VERSION, **asdict(spec)}
         (staging / "spec.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
