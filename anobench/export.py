@@ -131,25 +131,30 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
     `out_dir/<category>/test/...`.
     """
     if (results_dir / MAPS_FILE).is_file():
-        return export_maps(
-            results_dir,
-            out_dir,
-            results_dir.resolve().parent.name,
-            _recorded_dataset_root(results_dir),
-        )
+        root = _recorded_dataset_root(results_dir)
+        _check_out_dir(out_dir, [root])
+        return export_maps(results_dir, out_dir, results_dir.resolve().parent.name, root)
     cells = sorted(path.parent for path in results_dir.rglob(MAPS_FILE))
     if not cells:
         raise AnobenchError(
             f"no {MAPS_FILE} found under {results_dir}; run with save_maps=true to keep maps."
         )
+    roots = [_recorded_dataset_root(cell_dir) for cell_dir in cells]
+    _check_out_dir(out_dir, roots)
     count = 0
-    for cell_dir in cells:
+    for cell_dir, root in zip(cells, roots, strict=True):
         relative = cell_dir.relative_to(results_dir)
         experiment_dir = out_dir / relative.parent.parent / relative.name
-        count += export_maps(
-            cell_dir,
-            experiment_dir,
-            cell_dir.resolve().parent.name,
-            _recorded_dataset_root(cell_dir),
-        )
+        count += export_maps(cell_dir, experiment_dir, cell_dir.resolve().parent.name, root)
     return count
+
+
+def _check_out_dir(out_dir: Path, dataset_roots: list[Path | None]) -> None:
+    """Refuse an --out inside a dataset the cells read: its TIFFs would sit among the images."""
+    out = out_dir.expanduser().resolve()
+    for root in dataset_roots:
+        if root is not None and out.is_relative_to(root.expanduser().resolve()):
+            raise AnobenchError(
+                f"--out {out_dir} lies inside the dataset root {root}, where the maps would "
+                "mix with the test images; choose a folder outside it."
+            )

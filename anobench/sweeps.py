@@ -494,6 +494,29 @@ def status_command(ns: argparse.Namespace) -> int:
         raise AnobenchError(
             f"results folder {results_dir} does not exist; pass the results_dir of the sweep."
         )
-    states = sweep_status(results_dir)
-    print_sweep_status(states, results_dir, Console())
+    console = Console()
+    states = []
+    for root in results_roots(results_dir):
+        found = sweep_status(root)
+        print_sweep_status(found, root, console)
+        states += found
     return 0 if all(state.state == "done" for state in states) else 1
+
+
+def results_roots(results_dir: Path, depth: int = 3) -> list[Path]:
+    """`results_dir` if cells or sweep records lie directly in it, else the folders below it
+    that hold some (as `anobench report` finds every record below its folder)."""
+
+    def is_root(folder: Path) -> bool:
+        return (folder / SWEEPS_DIR).is_dir() or next(_cell_folders(folder), None) is not None
+
+    if is_root(results_dir) or depth == 0:
+        return [results_dir]
+    nested = [
+        root
+        for child in sorted(results_dir.iterdir())
+        if child.is_dir() and not child.name.startswith(("_", "."))
+        for root in results_roots(child, depth - 1)
+        if is_root(root)
+    ]
+    return nested or [results_dir]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -185,7 +186,9 @@ def test_any_image_mode_loads_as_rgb(tmp_path: Path, mode: str, expected) -> Non
         assert dataset.images[0, :, 8, 8].tolist() == list(expected)
 
 
-def test_non_binary_masks_are_thresholded_with_one_warning(tmp_path: Path) -> None:
+def test_non_binary_masks_are_thresholded_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = _tree(tmp_path)
     soft = np.zeros((SIZE, SIZE), dtype=np.uint8)
     soft[0:10, :] = 200
@@ -196,21 +199,22 @@ def test_non_binary_masks_are_thresholded_with_one_warning(tmp_path: Path) -> No
     single[5, 5] = 128
     _png(folder / "test" / "crack" / "001.png", _rgb(12))
     _png(folder / "ground_truth" / "crack" / "001_mask.png", Image.fromarray(single))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="anobench"):
         dataset = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE)
-    assert len(caught) == 1
-    assert str(folder / "ground_truth" / "crack" / "000_mask.png") in str(caught[0].message)
+    (message,) = caplog.messages
+    assert message.startswith("wood: 2 mask(s) have values other than 0 and 255")
+    assert str(folder / "ground_truth" / "crack" / "000_mask.png") in message
     crack = [i for i, s in enumerate(dataset.samples) if s.defect == "crack"]
     assert dataset.masks[crack[0]].sum() == 20 * SIZE  # 200 and 255 in, 127 out
     assert dataset.masks[crack[1]].sum() == 1 and dataset.masks[crack[1], 5, 5]
 
 
-def test_binary_masks_do_not_warn(tmp_path: Path) -> None:
+def test_binary_masks_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _tree(tmp_path)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="anobench"):
         warnings.simplefilter("error")
         AnomalyDataset(index_split(tmp_path, "wood", "test"), 16)
+    assert caplog.messages == []
 
 
 def test_missing_root_names_it_and_the_synthetic_option(tmp_path: Path) -> None:

@@ -364,6 +364,20 @@ def test_status_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli.main(["status", str(tmp_path)]) == 0
 
 
+def test_status_finds_the_results_folders_below_the_one_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `anobench status` and `anobench report` default to results/, the demo writes results/demo
+    _write_done(tmp_path / "demo", Cell(*KNN, "weave", 0))
+    _write_done(tmp_path / "other" / "sweep", Cell(*KNN, "washer", 1))
+    assert cli.main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Cells under") == 2 and out.count("all 1 cells are done") == 2
+    assert "no cells" not in out
+    assert cli.main(["status", str(tmp_path / "other")]) == 0
+    assert capsys.readouterr().out.count("all 1 cells are done") == 1
+
+
 # ---- real multiruns -------------------------------------------------------------------------
 
 
