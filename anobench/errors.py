@@ -34,7 +34,7 @@ def is_user_error(err: BaseException) -> bool:
 
 def storage_error(err: OSError) -> AnobenchError:
     """One sentence for a full, read-only or forbidden file system."""
-    where = f" {err.filename}" if err.filename else ""
+    where = f" {err.filename}" if err.filename else " a file"
     return AnobenchError(
         f"cannot write{where} ({err.strerror or err}); free space or fix the permissions, "
         "or choose another results_dir / cache_dir / --out."

@@ -245,6 +245,12 @@ def compose_error(err: BaseException, loader: Any, overrides: list[str]) -> Anob
         merging = re.match(r"Error merging override (.+)", str(err))
         if merging:
             return AnobenchError(f"{merging[1]}: {_first_line(cause)}.")
+    ambiguous = re.match(r"Ambiguous value for argument '(.+)'", str(err))
+    if ambiguous:
+        return AnobenchError(
+            f"{ambiguous[1]} is a sweep: run it with -m (anobench run -m ...); for a list write "
+            "key=[a,b], for text with commas quote it: key='a,b'."
+        )
     return AnobenchError(_first_line(err))
 
 

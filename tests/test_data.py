@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -326,3 +328,95 @@ def test_sample_is_frozen() -> None:
     sample = Sample(Path("a.png"), None, 0, "good", "train/good/a.png")
     with pytest.raises(AttributeError):
         sample.label = 1  # type: ignore[misc]
+
+
+# ---- faults in the dataset folder (issue #20) ----------------------------------------------
+
+
+def test_a_class_without_good_test_images_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    (folder / "test" / "good" / "000.png").unlink()
+    with pytest.raises(AnobenchError, match="image AUROC is undefined") as raised:
+        index_split(tmp_path, "wood", "test")
+    assert str(folder / "test" / "good") in str(raised.value)
+
+
+def test_a_class_without_defect_folders_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    (folder / "test" / "crack" / "000.png").unlink()
+    with pytest.raises(AnobenchError, match="has no defect folder with images") as raised:
+        index_split(tmp_path, "wood", "test")
+    assert str(folder / "test") in str(raised.value)
+
+
+def test_a_defect_folder_replaced_by_a_file_leaves_no_defects(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    crack = folder / "test" / "crack"
+    (crack / "000.png").unlink()
+    crack.rmdir()
+    crack.write_text("not a folder")
+    with pytest.raises(AnobenchError, match="has no defect folder with images"):
+        index_split(tmp_path, "wood", "test")
+
+
+def test_a_dangling_link_in_place_of_a_folder_is_named(tmp_path: Path) -> None:
+    folder = _tree(tmp_path, defect="hole")
+    (folder / "test" / "crack").symlink_to(tmp_path / "unmounted" / "crack")
+    with pytest.raises(AnobenchError, match="is a broken symbolic link") as raised:
+        index_split(tmp_path, "wood", "test")
+    assert str(folder / "test" / "crack") in str(raised.value)
+    (folder / "test" / "crack").unlink()
+    (folder / "test" / "loop").symlink_to(folder / "test" / "loop")
+    with pytest.raises(AnobenchError, match="link loop"):
+        index_split(tmp_path, "wood", "test")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_an_unreadable_folder_is_named(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    crack = folder / "test" / "crack"
+    crack.chmod(0)
+    try:
+        with pytest.raises(AnobenchError, match="cannot list folder") as raised:
+            index_split(tmp_path, "wood", "test")
+    finally:
+        crack.chmod(0o755)
+    assert str(crack) in str(raised.value)
+
+
+def test_files_of_another_format_are_not_test_images(tmp_path: Path) -> None:
+    # e.g. float32 TIFF maps that export-maps wrote next to the images
+    folder = _tree(tmp_path)
+    for split in ("good", "crack"):
+        tifffile.imwrite(folder / "test" / split / "000.tiff", np.zeros((4, 4), np.float32))
+    samples = index_split(tmp_path, "wood", "test")
+    assert [s.relative_path for s in samples] == ["test/crack/000.png", "test/good/000.png"]
+
+
+def test_zero_one_masks_are_read_as_defects_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _tree(tmp_path)
+    reference = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE).masks
+    zero_one = (np.asarray(_mask()) // 255).astype(np.uint8)
+    _png(folder / "ground_truth" / "crack" / "000_mask.png", Image.fromarray(zero_one))
+    with caplog.at_level(logging.WARNING, logger="anobench"):
+        dataset = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE)
+    assert torch.equal(dataset.masks, reference) and reference.any()
+    (message,) = caplog.messages
+    assert message.startswith("wood: 1 mask(s) hold only the values 0 and 1")
+    assert "read as 0/255, 1 = defect" in message
+
+
+def test_all_empty_masks_say_the_pixel_metrics_are_undefined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _tree(tmp_path)
+    empty = Image.fromarray(np.zeros((SIZE, SIZE), np.uint8))
+    _png(folder / "ground_truth" / "crack" / "000_mask.png", empty)
+    with caplog.at_level(logging.WARNING, logger="anobench"):
+        dataset = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE)
+    assert not dataset.masks.any()
+    (message,) = caplog.messages
+    assert message.startswith("wood: all 1 defect masks are empty (all zero")
+    assert "pixel metrics (pixel AUROC, PRO, pixel AP, pixel F1) are undefined" in message
