@@ -60,6 +60,7 @@ def register_launcher_configs() -> None:
         # `${anobench.gpu_count:N}`: the GPUs visible here, or N without any
         OmegaConf.register_new_resolver("anobench.gpu_count", _gpu_count_or)
     Plugins.instance()  # imports the launcher plugins, which store their configs
+    _register_slurm_launcher()
     # A file named like a stored config is merged onto it with a deprecation warning, and it
     # cannot list that config as its default; so the plugin's `joblib` moves aside.
     launchers = ConfigStore.instance().repo.get("hydra", {}).get("launcher", {})
@@ -71,6 +72,20 @@ def register_launcher_configs() -> None:
             node=plugin.node,
             provider=plugin.provider,
         )
+
+
+def _register_slurm_launcher() -> None:
+    """hydra_plugins/anobench_launcher: Hydra finds it in a wheel, not in an editable install
+    (it cannot list that namespace path), so it is imported and registered here."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.anobench_launcher import SlurmLauncher
+    except ImportError:  # hydra-submitit-launcher is not installed: slurm.yaml then says so
+        return
+    plugins = Plugins.instance()
+    if f"{SlurmLauncher.__module__}.{SlurmLauncher.__name__}" not in plugins.class_name_to_class:
+        plugins.register(SlurmLauncher)
 
 
 def _gpu_count_or(default: Any = 0) -> int:
