@@ -294,7 +294,7 @@ def help_text(loader: Any, cfg: DictConfig) -> str:
         "Flags: -m (one job per cell; with hydra/launcher=...), --cfg job (print the config),",
         "  --config-dir DIR (add your own config folder), --info defaults, --hydra-help.",
         "",
-        "Config (override any key: method.lr=2e-4; +key only where a group's schema has it):",
+        "Config (override any key, e.g. method.lr=2e-4; `--cfg job` prints it with yours):",
         "",
         OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}),
     ]
