@@ -57,7 +57,7 @@ def test_time_limits_come_from_the_method_table() -> None:
 def test_the_table_composes_and_each_entry_is_overridable(tmp_path: Path) -> None:
     cfg, _ = _slurm_config(tmp_path, "hydra.launcher.timeout_min_per_method.haloae=900")
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.anobench_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.anobench_launcher._slurm.SlurmLauncher"
     assert dict(launcher.timeout_min_per_method) == {**PAPER_MINUTES, "haloae": 900}
     assert launcher.timeout_min == 240
 

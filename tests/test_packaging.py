@@ -22,6 +22,15 @@ from anobench.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 UNLISTED_PACKAGE_WARNING = "absent from the `packages` configuration"
+# Hydra's plugin scan where hydra-submitit-launcher cannot be imported (as without [slurm])
+WITHOUT_SUBMITIT = """
+import sys, hydra_plugins
+# only the wheel's own plugin folder: the other launchers' packages are then not installed
+hydra_plugins.__path__ = [p for p in hydra_plugins.__path__ if p.startswith(sys.prefix)]
+from hydra.core.plugins import Plugins
+names = Plugins.instance().class_name_to_class
+assert not any("anobench" in n or "submitit" in n for n in names), names
+"""
 
 
 SKIPPED_FOLDERS = {".git", ".venv", "results", "build", "__pycache__", ".pytest_cache"}
@@ -125,6 +134,29 @@ def test_the_wheel_runs_the_demo_from_another_folder(
         check=True,
     ).stdout.strip()
     assert Path(where).is_relative_to(Path(purelib))  # the wheel's copy, not the checkout's
+    # the launcher plugin the wheel ships stays silent where the slurm extra is not installed
+    quiet = subprocess.run(
+        [str(python), "-W", "error", "-c", WITHOUT_SUBMITIT],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+    )
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    found = subprocess.run(  # with it, Hydra finds the launcher in the installed wheel
+        [
+            str(python),
+            "-c",
+            "from hydra.core.plugins import Plugins; print(*Plugins.instance()."
+            "class_name_to_class)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+        check=True,
+    )
+    assert "hydra_plugins.anobench_launcher._slurm.SlurmLauncher" in found.stdout.split()
     results = tmp_path / "results"
     run = subprocess.run(
         [
