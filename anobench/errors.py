@@ -35,7 +35,12 @@ def is_user_error(err: BaseException) -> bool:
 def storage_error(err: OSError) -> AnobenchError:
     """One sentence for a full, read-only or forbidden file system."""
     where = f" {err.filename}" if err.filename else " a file"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return AnobenchError(
+            f"no permission to access{where} ({err.strerror or err}); fix its permissions or "
+            "choose another results_dir / cache_dir / --out."
+        )
     return AnobenchError(
-        f"cannot write{where} ({err.strerror or err}); free space or fix the permissions, "
-        "or choose another results_dir / cache_dir / --out."
+        f"cannot write{where} ({err.strerror or err}); free space or choose another "
+        "results_dir / cache_dir / --out."
     )
