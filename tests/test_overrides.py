@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -154,7 +155,11 @@ def test_help_checks_its_overrides_too(capsys: pytest.CaptureFixture[str]) -> No
     assert "no such method config" in capsys.readouterr().err
 
 
-def test_info_defaults_prints_the_list_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_defaults_prints_the_list_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as in a fresh process: no handlers left on the root logger by earlier runs in this one
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     assert main(["run", "--info", "defaults"]) == 0
     captured = capsys.readouterr()
     printed = captured.out + captured.err
