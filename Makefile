@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops bench-intervals report-screenshot clean
+.PHONY: help install run demo-all test lint bench bench-metrics bench-ssim bench-flops bench-intervals bench-dry-run report-screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -33,8 +33,8 @@ test: $(STAMP)  ## the test suite (CPU, tiny sizes)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)  ## ruff
-	$(VENV)/bin/ruff check anobench tests bench
-	$(VENV)/bin/ruff format --check anobench tests bench
+	$(VENV)/bin/ruff check anobench tests bench hydra_plugins
+	$(VENV)/bin/ruff format --check anobench tests bench hydra_plugins
 
 bench-metrics: $(STAMP)  ## metrics: fast AUPRO vs the brute-force definition
 	$(PY) bench/metrics.py
@@ -47,6 +47,9 @@ bench-flops: $(STAMP)  ## FLOPs of each paper schedule and the H100-hours they n
 
 bench-intervals: $(STAMP)  ## per-cell intervals and per-defect metrics: seconds at MVTec sizes
 	$(PY) bench/intervals.py
+
+bench-dry-run: $(STAMP)  ## wall time of dry_run=true at the paper setting, per method
+	$(PY) bench/dry_run.py
 
 bench: $(STAMP)  ## speed: naive vs optimised training per method, side by side
 	$(PY) bench/speed.py

@@ -15,25 +15,30 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
-from anobench.errors import AnobenchError
+from anobench.errors import AnobenchError, is_storage_error, storage_error
 
 log = logging.getLogger("anobench")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+LOG_HANDLER = "anobench-console"  # the handler main() installs; Hydra sets up its own
 
 
 def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def _fail(err: BaseException, debug: bool) -> int:
+def _fail(err: BaseException, debug: bool, command: str = "run") -> int:
+    """Print a user error as one line (the traceback first when debugging); exit code 2."""
     console = _stderr()
     if debug:
         console.print("".join(traceback.format_exception(err)), markup=False)
-    console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
-    if not debug:
-        console.print("[dim](add debug=true to see the traceback)[/]")
+        hint = ""
+    else:
+        switch = "debug=true" if command == "run" else f"anobench --debug {command}"
+        hint = f" [dim]({switch} shows the traceback)[/]"
+    console.print(f"[bold red]error:[/] {escape(str(err))}{hint}", soft_wrap=True)
     return EXIT_USER_ERROR
 
 
@@ -73,6 +78,10 @@ def run_from_config(cfg: DictConfig) -> int:
             )
     except AnobenchError as err:
         return _fail(err, debug)
+    except OSError as err:
+        if not is_storage_error(err):
+            raise
+        return _fail(storage_error(err), debug)
     if not _in_multirun():  # a sweep prints one table of all its cells at its end
         print_run_table(plan.results_dir, plan.cells, Console())
     for cell, message in summary.failed.items():  # the runner logged it to the run log only
@@ -83,20 +92,29 @@ def run_from_config(cfg: DictConfig) -> int:
 def _run(args: Sequence[str]) -> int:
     import hydra
 
-    from anobench.config import CONF_DIR, register_configs
+    from anobench.config import CONF_SEARCH_PATH, register_configs
+    from anobench.overrides import check_run, run_arguments, with_user_config_dir
     from anobench.sweeps import register_launcher_configs
 
     register_configs()
     register_launcher_configs()
-    args = list(args)
+    args = with_user_config_dir(list(args))
+    ns = run_arguments(args)
+    if ns.help:
+        from anobench.overrides import run_help
+
+        Console().print(run_help(ns), markup=False, highlight=False, soft_wrap=True)
+        return 0
     sweeps: list[Path] = []
-    if "-m" in args or "--multirun" in args:
+    if ns.multirun:
         from anobench.sweeps import expand_multirun
 
         args, sweeps = expand_multirun(args)
+    elif not (ns.hydra_help or ns.shell_completion):
+        check_run(ns)
     codes: list[int] = []
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=CONF_SEARCH_PATH, config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> None:
         code = run_from_config(cfg)
         codes.append(code)
@@ -104,6 +122,7 @@ def _run(args: Sequence[str]) -> int:
             # a launcher in another process only learns of failures through an exception
             raise RuntimeError(f"anobench job failed with exit code {code}")
 
+    _detach_console_log()
     saved_argv = sys.argv
     sys.argv = ["anobench run", *args]
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -121,6 +140,13 @@ def _run(args: Sequence[str]) -> int:
 
             print_sweep_tables(sweeps, Console())
     return max(codes, default=0)
+
+
+def _detach_console_log() -> None:
+    """Hand logging to Hydra, which adds its own handlers (else `--info` prints twice)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == LOG_HANDLER]:
+        root.removeHandler(handler)
 
 
 def _in_multirun() -> bool:
@@ -239,7 +265,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `anobench` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _attach_console_log()
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
         if argv and argv[0] == "run":
             return _run(argv[1:])
@@ -249,5 +276,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _stderr().print("interrupted: finished cells are saved; rerun the same command to resume")
         return EXIT_INTERRUPTED
-    except AnobenchError as err:
-        return _fail(err, debug="--debug" in argv)
+    except (AnobenchError, OSError) as err:
+        if isinstance(err, OSError) and not is_storage_error(err):
+            raise
+        error = storage_error(err) if isinstance(err, OSError) else err
+        return _fail(error, _debug(argv, command), command)
+
+
+def _attach_console_log() -> None:
+    """INFO messages to stderr unless logging is set up already (as logging.basicConfig)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.set_name(LOG_HANDLER)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def _debug(argv: list[str], command: str) -> bool:
+    if command == "run":
+        from anobench.overrides import debug_requested
+
+        return debug_requested(argv)
+    return "--debug" in argv

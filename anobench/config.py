@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from anobench.backbones import BackboneConfig
 from anobench.data.mvtec import MVTEC_CATEGORIES
 from anobench.errors import AnobenchError, require_positive
+from anobench.hardware import PRECISIONS
 from anobench.methods import method_entry
 from anobench.methods.base import _REGISTRY
+from anobench.validation import (
+    METHOD_RANGES,
+    check_folder_name,
+    check_path_value,
+    check_ranges,
+    check_seed,
+)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_PACKAGE = "anobench.conf"  # the YAML configs ship inside the package (conf/ in the repo)
+CONF_SEARCH_PATH = f"pkg://{CONF_PACKAGE}"
+CONF_DIR = Path(str(resources.files(CONF_PACKAGE)))
+# a folder of the user's own configs, used as `anobench run --config-dir` when that is not given
+USER_CONFIG_ENV = "ANOBENCH_CONFIG_DIR"
 
 
 @dataclass
@@ -37,6 +51,11 @@ class DatasetConfig:
     categories: list[str] = field(default_factory=lambda: list(MVTEC_CATEGORIES))  # = `all`
     synthetic: SyntheticConfig | None = None  # set: generate this data into cache_dir first
 
+    def __post_init__(self) -> None:
+        check_folder_name("dataset.name", self.name)
+        for category in self.categories:
+            check_folder_name("dataset.categories", category)
+
 
 @dataclass
 class HardwareConfig:
@@ -54,6 +73,19 @@ class HardwareConfig:
     cache_precision: str = "auto"  # cached frozen features: auto = half on the GPU | fp32
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise AnobenchError(
+                f"hardware.precision={self.precision!r} is not valid; "
+                f"use one of {', '.join(PRECISIONS)}."
+            )
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as err:
+                raise AnobenchError(
+                    f"hardware.device={self.device!r} is not a device; use auto, cpu, cuda or "
+                    "cuda:N."
+                ) from err
         require_positive("hardware", eval_batch_size=self.eval_batch_size)
         if self.cpu_threads is not None:
             require_positive("hardware", cpu_threads=self.cpu_threads)
@@ -98,6 +130,7 @@ def register_configs() -> None:
 
 def method_config(cfg: DictConfig) -> Any:
     """The method's config as its dataclass instance (runs its validation)."""
+    check_ranges(cfg.method, METHOD_RANGES, "method")
     return _to_object(cfg.method, "method", method_entry(cfg.method.name).config_cls)
 
 
@@ -129,11 +162,13 @@ def resolve_categories(category: Any, available: list[str]) -> list[str]:
         names = [str(c) for c in category]
     if not names:
         raise AnobenchError("category is empty; give a class name, a list, or all.")
-    return names
+    return [check_folder_name("category", name) for name in names]
 
 
 def validate_run_values(cfg: DictConfig) -> None:
     """Top-level values that no schema type can check."""
+    check_path_value("results_dir", cfg.results_dir)
+    check_path_value("cache_dir", cfg.cache_dir)
     require_positive("", checkpoint_every=cfg.checkpoint_every)
     if not 0 < cfg.pro_fpr_limit <= 1:
         raise AnobenchError(f"pro_fpr_limit={cfg.pro_fpr_limit} must be in (0, 1].")
@@ -146,7 +181,8 @@ def validate_run_values(cfg: DictConfig) -> None:
 
 
 def resolve_seeds(seed: Any) -> list[int]:
-    seeds = [seed] if isinstance(seed, int) else list(seed)
-    if not seeds or not all(isinstance(s, int) for s in seeds):
-        raise AnobenchError(f"seed={seed!r} must be an integer or a list of integers.")
-    return seeds
+    """One seed or a list of seeds, each an integer in [0, 2**32 - 1]."""
+    seeds = list(seed) if isinstance(seed, list | tuple | ListConfig) else [seed]
+    if not seeds:
+        raise AnobenchError("seed=[] is empty; give one seed (seed=0) or a list (seed=[0,1,2]).")
+    return [check_seed(s) for s in seeds]

@@ -118,19 +118,20 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
     `out_dir/<category>/test/...`.
     """
     if (results_dir / MAPS_FILE).is_file():
-        return export_maps(
-            results_dir,
-            out_dir,
-            results_dir.resolve().parent.name,
-            _recorded_dataset_root(results_dir),
-        )
+        root = _recorded_dataset_root(results_dir)
+        _check_out_dir(out_dir, [root])
+        return export_maps(results_dir, out_dir, results_dir.resolve().parent.name, root)
     cells = sorted(path.parent for path in results_dir.rglob(MAPS_FILE))
     if not cells:
         raise AnobenchError(
             f"no {MAPS_FILE} found under {results_dir}; run with save_maps=true to keep maps."
         )
+    roots = [_recorded_dataset_root(cell_dir) for cell_dir in cells]
+    _check_out_dir(out_dir, roots)
     count, damaged = 0, []
-    for cell_dir in progress(cells, desc="export", unit="cell"):
+    for cell_dir, root in progress(
+        list(zip(cells, roots, strict=True)), desc="export", unit="cell"
+    ):
         _, problem = read_checked(cell_dir / METRICS_FILE)
         if problem is not None:
             log.warning(damaged_warning(cell_dir / METRICS_FILE, problem))
@@ -139,12 +140,7 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
         relative = cell_dir.relative_to(results_dir)
         experiment_dir = out_dir / relative.parent.parent / relative.name
         try:
-            count += export_maps(
-                cell_dir,
-                experiment_dir,
-                cell_dir.resolve().parent.name,
-                _recorded_dataset_root(cell_dir),
-            )
+            count += export_maps(cell_dir, experiment_dir, cell_dir.resolve().parent.name, root)
         except DamagedMapsError as err:
             log.warning("skipped the maps of %s: %s", cell_dir, err)
             damaged.append(cell_dir)
@@ -155,3 +151,14 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
             len(damaged),
         )
     return count
+
+
+def _check_out_dir(out_dir: Path, dataset_roots: list[Path | None]) -> None:
+    """Refuse an --out inside a dataset the cells read: its TIFFs would sit among the images."""
+    out = out_dir.expanduser().resolve()
+    for root in dataset_roots:
+        if root is not None and out.is_relative_to(root.expanduser().resolve()):
+            raise AnobenchError(
+                f"--out {out_dir} lies inside the dataset root {root}, where the maps would "
+                "mix with the test images; choose a folder outside it."
+            )

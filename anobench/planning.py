@@ -1,4 +1,4 @@
-"""`anobench run dry_run=true`: the cells, their epochs, and a time from measured epochs."""
+"""`anobench run dry_run=true`: the cells, their state, and a bounded time estimate."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from anobench.data.mvtec import AnomalyDataset, index_split
+from anobench.estimate import TIMED_BUDGET_SECONDS, TIMED_STEPS, estimate_plan
 from anobench.hardware import seed_everything
 from anobench.methods import Method, MethodContext, create_method
 from anobench.results import CHECKPOINT_FILE, Cell
 from anobench.runner import RunPlan, is_done, ordered_loader
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochTiming:
-    setup_seconds: float  # feature caching, statistics: paid once per cell
-    epoch_seconds: float
 
 
 def cell_loader(plan: RunPlan, split: str) -> DataLoader:
@@ -49,18 +44,6 @@ def timed_fit(plan: RunPlan, loader: DataLoader, epochs: int) -> tuple[float, Me
     return time.perf_counter() - start, method
 
 
-def measure_epochs(plan: RunPlan) -> EpochTiming | None:
-    """Fit the first cell for one and for two epochs; the difference is one epoch's time."""
-    if not hasattr(plan.method_cfg, "epochs") or not plan.cells:
-        return None
-    loader = cell_loader(plan, "train")
-    timed_fit(plan, loader, 1)  # warm-up: allocator, cudnn autotuning
-    one, _ = timed_fit(plan, loader, 1)
-    two, _ = timed_fit(plan, loader, 2)
-    epoch = max(two - one, 1e-6)
-    return EpochTiming(setup_seconds=max(one - epoch, 0.0), epoch_seconds=epoch)
-
-
 def _duration(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
@@ -68,15 +51,16 @@ def _duration(seconds: float) -> str:
 
 
 def print_plan(plan: RunPlan, console: Console) -> None:
-    """Print the cells with their state and the projected time for the remaining ones."""
+    """Print the cells with their state, then a bounded time estimate for the ones to run."""
     epochs = getattr(plan.method_cfg, "epochs", None)
     table = Table(title=f"plan: {len(plan.cells)} cells on {plan.hardware.describe()}")
     for column in ("method", "backbone", "category", "seed", "epochs", "state"):
         table.add_column(column)
-    todo = 0
+    todo = []
     for cell in plan.cells:
         done = is_done(cell, plan)
-        todo += not done
+        if not done:
+            todo.append(cell)
         state = "done" if done else ("checkpoint" if _has_checkpoint(plan, cell) else "todo")
         table.add_row(
             cell.method,
@@ -87,17 +71,31 @@ def print_plan(plan: RunPlan, console: Console) -> None:
             state,
         )
     console.print(table)
-    timing = measure_epochs(plan) if todo else None
-    if timing is None:
-        console.print(f"{todo} cells to run; no epoch-based training to time.")
+    if not todo:
+        console.print("nothing to run: every cell is done.")
         return
-    per_cell = timing.setup_seconds + timing.epoch_seconds * (epochs or 1)
     console.print(
-        f"measured on {plan.cells[0].category}: {timing.epoch_seconds:.2f} s/epoch, "
-        f"{timing.setup_seconds:.1f} s setup; projected {_duration(per_cell)} per cell, "
-        f"{_duration(per_cell * todo)} for the {todo} cells to run "
-        "(classes differ in size: a projection, not a promise)."
+        f"timing on {plan.cells[0].category}: setup on a few training images and one training "
+        "step of one sample (the fit is stopped before its first weight update), then up to "
+        f"{TIMED_STEPS} full-batch steps if predicted under {TIMED_BUDGET_SECONDS:.0f} s "
+        "(stopped after that); nothing is written.",
+        soft_wrap=True,
     )
+    estimate = estimate_plan(plan, todo)
+    seconds = [cell.seconds for cell in estimate.cells]
+    low, high = min(seconds), max(seconds)
+    per_cell = _duration(low) if high - low < 60 else f"{_duration(low)} to {_duration(high)}"
+    early = (
+        ", early stopping may end training sooner" if hasattr(plan.method_cfg, "patience") else ""
+    )
+    console.print(
+        f"estimate: {per_cell} per cell, {_duration(estimate.total_seconds)} for the "
+        f"{len(todo)} cells to run on {plan.hardware.describe()} (measured in "
+        f"{estimate.probe_seconds:.0f} s; a projection, not a promise: classes differ in "
+        f"size{early}).",
+        soft_wrap=True,
+    )
+    console.print(f"basis: {estimate.basis}.", soft_wrap=True, markup=False)
 
 
 def _has_checkpoint(plan: RunPlan, cell: Cell) -> bool:

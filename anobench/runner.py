@@ -33,7 +33,7 @@ from anobench.config import (
 from anobench.cost import count_parameters, measure_inference
 from anobench.data.mvtec import AnomalyDataset, index_split
 from anobench.data.synthetic import SyntheticSpec, ensure_synthetic
-from anobench.errors import AnobenchError
+from anobench.errors import AnobenchError, is_user_error
 from anobench.hardware import Hardware, create_hardware, seed_everything
 from anobench.identity import (
     CellIdentity,
@@ -124,7 +124,13 @@ def dataset_root(ds: DatasetConfig, cache_dir: Path) -> Path:
             n_test_defect=ds.synthetic.n_test_defect,
             seed=ds.synthetic.seed,
         )
-        return ensure_synthetic(cache_dir / "synthetic", spec)
+        try:
+            return ensure_synthetic(cache_dir / "synthetic", spec)
+        except OSError as err:
+            raise AnobenchError(
+                f"cannot write the synthetic data under cache_dir={cache_dir} ({err.strerror}); "
+                "choose a writable cache_dir=PATH."
+            ) from err
     if ds.root is None:
         raise AnobenchError(
             f"dataset.root is not set for dataset {ds.name}; pass dataset.root=/path/to/{ds.name} "
@@ -250,7 +256,7 @@ def run_cells(plan: RunPlan) -> RunSummary:
             message = _failure_message(err, plan)
             _record_failure(cell, plan, err, message)
             summary.failed[cell] = message
-            summary.user_errors += isinstance(err, AnobenchError)
+            summary.user_errors += is_user_error(err)
             log.error("%s failed; the error is in its error.json and below", cell.label())
             trace.error("%s failed: %s", cell.label(), message)
             plan.hardware.empty_cache()

@@ -20,9 +20,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.types import Override, QuotedString
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -65,6 +63,7 @@ def register_launcher_configs() -> None:
         # `${anobench.gpu_count:N}`: the GPUs visible here, or N without any
         OmegaConf.register_new_resolver("anobench.gpu_count", _gpu_count_or)
     Plugins.instance()  # imports the launcher plugins, which store their configs
+    _register_slurm_launcher()
     # A file named like a stored config is merged onto it with a deprecation warning, and it
     # cannot list that config as its default; so the plugin's `joblib` moves aside.
     launchers = ConfigStore.instance().repo.get("hydra", {}).get("launcher", {})
@@ -76,6 +75,20 @@ def register_launcher_configs() -> None:
             node=plugin.node,
             provider=plugin.provider,
         )
+
+
+def _register_slurm_launcher() -> None:
+    """hydra_plugins/anobench_launcher: Hydra finds it in a wheel, not in an editable install
+    (it cannot list that namespace path), so it is imported and registered here."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.anobench_launcher import SlurmLauncher
+    except ImportError:  # hydra-submitit-launcher is not installed: slurm.yaml then says so
+        return
+    plugins = Plugins.instance()
+    if f"{SlurmLauncher.__module__}.{SlurmLauncher.__name__}" not in plugins.class_name_to_class:
+        plugins.register(SlurmLauncher)
 
 
 def _gpu_count_or(default: Any = 0) -> int:
@@ -93,6 +106,7 @@ class _Combination:
 
     overrides: list[str]  # in argument order, Hydra's own included
     cfg: DictConfig  # with its hydra node
+    added: list[str]  # overrides the composed config implies (hardware=gpu under SLURM)
 
 
 def expand_multirun_args(args: list[str]) -> list[str]:
@@ -108,35 +122,24 @@ def expand_multirun_args(args: list[str]) -> list[str]:
 
 def expand_multirun(args: list[str]) -> tuple[list[str], list[Path]]:
     """expand_multirun_args, and the sweep records it wrote (one per results folder)."""
-    from hydra._internal.utils import get_args_parser
-
     from anobench.config import register_configs
+    from anobench.overrides import parse_overrides, run_arguments
 
     register_configs()
     register_launcher_configs()
-    ns, unknown = get_args_parser().parse_known_args(args)
-    if unknown:
-        return list(args), []  # Hydra reports the unknown arguments
+    ns = run_arguments(args)
     if ns.cfg or ns.info or ns.shell_completion:
         raise AnobenchError(
             "Hydra cannot combine -m with --cfg, --info or --shell-completion; drop -m to print "
             "the config (e.g. `anobench run hydra/launcher=slurm --cfg hydra`)."
         )
     overrides = list(ns.overrides or [])
-    with _hydra_compose() as loader:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        try:
-            parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
-        except HydraException:
-            return list(args), []
+    with _hydra_compose(ns.config_dir) as loader:
+        parsed = parse_overrides(overrides, loader)
         if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
             return list(args), []  # interval sweeps belong to optimising sweepers
         cell_sweeps = {o.key_or_group: o for o in parsed if _is_cell_override(o)}
-        try:
-            combinations = _compose_combinations(ns.config_name or "config", parsed)
-        except (HydraException, OmegaConfBaseException):
-            return list(args), []  # Hydra reports the composition error in its own words
+        combinations = _compose_combinations(loader, ns.config_name or "config", parsed)
     launcher = str(combinations[0].cfg.hydra.launcher.get("_target_", ""))
     if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
         raise AnobenchError(
@@ -147,6 +150,8 @@ def expand_multirun(args: list[str]) -> tuple[list[str], list[Path]]:
     replacements = {
         "category": _cell_argument("category", categories, cell_sweeps.get("category")),
         "seed": _cell_argument("seed", seeds, cell_sweeps.get("seed")),
+        # defaults that depend on the composed config (hardware=gpu under SLURM)
+        **{extra: extra for c in combinations for extra in c.added},
     }
     expanded = _replace_overrides(args, overrides, parsed, replacements)
     records = []
@@ -160,21 +165,12 @@ def expand_multirun(args: list[str]) -> tuple[list[str], list[Path]]:
 
 
 @contextmanager
-def _hydra_compose() -> Iterator[Any]:
-    """Hydra's compose API on conf/, leaving any Hydra state of the caller as it was."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+def _hydra_compose(config_dir: str | None = None) -> Iterator[Any]:
+    """Hydra's compose API on anobench's configs, leaving any Hydra state as it was."""
+    from anobench.overrides import hydra_session
 
-    from anobench.config import CONF_DIR
-
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            yield GlobalHydra.instance().config_loader()
-    finally:
-        restore_gh_from_backup(backup)
+    with hydra_session(config_dir) as loader:
+        yield loader
 
 
 def _is_cell_override(override: Override) -> bool:
@@ -185,9 +181,11 @@ def _is_cell_override(override: Override) -> bool:
     )
 
 
-def _compose_combinations(config_name: str, parsed: list[Override]) -> list[_Combination]:
-    """Compose the config once per combination of the swept keys other than category/seed."""
-    from hydra import compose
+def _compose_combinations(
+    loader: Any, config_name: str, parsed: list[Override]
+) -> list[_Combination]:
+    """Compose and check the config once per combination of the swept keys but category/seed."""
+    from anobench.overrides import compose_checked
 
     others = [o for o in parsed if not _is_cell_override(o)]
     fixed_cells = [
@@ -202,8 +200,8 @@ def _compose_combinations(config_name: str, parsed: list[Override]) -> list[_Com
     combinations = []
     for choice in itertools.product(*choices):
         # with Hydra's own node, so a wrong launcher setting fails here, before any record
-        cfg = compose(config_name, overrides=[*choice, *fixed_cells], return_hydra_config=True)
-        combinations.append(_Combination(list(choice), cfg))
+        cfg, added = compose_checked(loader, [*choice, *fixed_cells], config_name)
+        combinations.append(_Combination(list(choice), cfg, added))
     return combinations
 
 
@@ -223,18 +221,21 @@ def _cells_of_sweep(
         available = [str(c) for c in cfg.dataset.categories]
         category = cell_sweeps.get("category")
         if category is not None and category.is_sweep_override():
-            names = [
-                name
-                for value in _sweep_values(category)
-                for name in (available if value == "all" else [str(value)])
-            ]
+            names = resolve_categories(
+                [
+                    name
+                    for value in _sweep_values(category)
+                    for name in (available if value == "all" else [str(value)])
+                ],
+                available,
+            )
         else:
             names = resolve_categories(cfg.category, available)
         seed = cell_sweeps.get("seed")
         if seed is not None and seed.is_sweep_override():
             seeds = resolve_seeds(_sweep_values(seed))
         else:
-            seeds = resolve_seeds(cfg.seed if isinstance(cfg.seed, int) else list(cfg.seed))
+            seeds = resolve_seeds(cfg.seed)
         key = (tuple(dict.fromkeys(names)), tuple(dict.fromkeys(seeds)))
         found.setdefault(key, []).append(" ".join(combination.overrides) or "(defaults)")
     if len(found) > 1:
@@ -534,8 +535,12 @@ def status_command(ns: argparse.Namespace) -> int:
         raise AnobenchError(
             f"results folder {results_dir} does not exist; pass the results_dir of the sweep."
         )
-    states = sweep_status(results_dir)
-    print_sweep_status(states, results_dir, Console())
+    console = Console()
+    states = []
+    for root in results_roots(results_dir):
+        found = sweep_status(root)
+        print_sweep_status(found, root, console)
+        states += found
     return 0 if all(state.state == "done" for state in states) else 1
 
 
@@ -549,3 +554,22 @@ def print_sweep_tables(records: list[Path], console: Console) -> None:
             continue
         cells = [Cell.of(entry) for entry in record["cells"]]
         print_run_table(path.parent.parent, cells, console)
+
+
+def results_roots(results_dir: Path, depth: int = 3) -> list[Path]:
+    """`results_dir` if cells or sweep records lie directly in it, else the folders below it
+    that hold some (as `anobench report` finds every record below its folder)."""
+
+    def is_root(folder: Path) -> bool:
+        return (folder / SWEEPS_DIR).is_dir() or next(_cell_folders(folder), None) is not None
+
+    if is_root(results_dir) or depth == 0:
+        return [results_dir]
+    nested = [
+        root
+        for child in sorted(results_dir.iterdir())
+        if child.is_dir() and not child.name.startswith(("_", "."))
+        for root in results_roots(child, depth - 1)
+        if is_root(root)
+    ]
+    return nested or [results_dir]

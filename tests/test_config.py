@@ -76,7 +76,7 @@ def test_invalid_value_is_a_one_line_error(tmp_path, capsys) -> None:
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "method.image_size=0 must be positive" in err
+    assert "method.image_size=0 is out of range; use a value >= 1" in err
     assert "Traceback" not in err
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -185,7 +188,9 @@ def test_any_image_mode_loads_as_rgb(tmp_path: Path, mode: str, expected) -> Non
         assert dataset.images[0, :, 8, 8].tolist() == list(expected)
 
 
-def test_non_binary_masks_are_thresholded_with_one_warning(tmp_path: Path) -> None:
+def test_non_binary_masks_are_thresholded_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = _tree(tmp_path)
     soft = np.zeros((SIZE, SIZE), dtype=np.uint8)
     soft[0:10, :] = 200
@@ -196,21 +201,22 @@ def test_non_binary_masks_are_thresholded_with_one_warning(tmp_path: Path) -> No
     single[5, 5] = 128
     _png(folder / "test" / "crack" / "001.png", _rgb(12))
     _png(folder / "ground_truth" / "crack" / "001_mask.png", Image.fromarray(single))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="anobench"):
         dataset = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE)
-    assert len(caught) == 1
-    assert str(folder / "ground_truth" / "crack" / "000_mask.png") in str(caught[0].message)
+    (message,) = caplog.messages
+    assert message.startswith("wood: 2 mask(s) have values other than 0 and 255")
+    assert str(folder / "ground_truth" / "crack" / "000_mask.png") in message
     crack = [i for i, s in enumerate(dataset.samples) if s.defect == "crack"]
     assert dataset.masks[crack[0]].sum() == 20 * SIZE  # 200 and 255 in, 127 out
     assert dataset.masks[crack[1]].sum() == 1 and dataset.masks[crack[1], 5, 5]
 
 
-def test_binary_masks_do_not_warn(tmp_path: Path) -> None:
+def test_binary_masks_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _tree(tmp_path)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="anobench"):
         warnings.simplefilter("error")
         AnomalyDataset(index_split(tmp_path, "wood", "test"), 16)
+    assert caplog.messages == []
 
 
 def test_missing_root_names_it_and_the_synthetic_option(tmp_path: Path) -> None:
@@ -322,3 +328,95 @@ def test_sample_is_frozen() -> None:
     sample = Sample(Path("a.png"), None, 0, "good", "train/good/a.png")
     with pytest.raises(AttributeError):
         sample.label = 1  # type: ignore[misc]
+
+
+# ---- faults in the dataset folder (issue #20) ----------------------------------------------
+
+
+def test_a_class_without_good_test_images_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    (folder / "test" / "good" / "000.png").unlink()
+    with pytest.raises(AnobenchError, match="image AUROC is undefined") as raised:
+        index_split(tmp_path, "wood", "test")
+    assert str(folder / "test" / "good") in str(raised.value)
+
+
+def test_a_class_without_defect_folders_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    (folder / "test" / "crack" / "000.png").unlink()
+    with pytest.raises(AnobenchError, match="has no defect folder with images") as raised:
+        index_split(tmp_path, "wood", "test")
+    assert str(folder / "test") in str(raised.value)
+
+
+def test_a_defect_folder_replaced_by_a_file_leaves_no_defects(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    crack = folder / "test" / "crack"
+    (crack / "000.png").unlink()
+    crack.rmdir()
+    crack.write_text("not a folder")
+    with pytest.raises(AnobenchError, match="has no defect folder with images"):
+        index_split(tmp_path, "wood", "test")
+
+
+def test_a_dangling_link_in_place_of_a_folder_is_named(tmp_path: Path) -> None:
+    folder = _tree(tmp_path, defect="hole")
+    (folder / "test" / "crack").symlink_to(tmp_path / "unmounted" / "crack")
+    with pytest.raises(AnobenchError, match="is a broken symbolic link") as raised:
+        index_split(tmp_path, "wood", "test")
+    assert str(folder / "test" / "crack") in str(raised.value)
+    (folder / "test" / "crack").unlink()
+    (folder / "test" / "loop").symlink_to(folder / "test" / "loop")
+    with pytest.raises(AnobenchError, match="link loop"):
+        index_split(tmp_path, "wood", "test")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_an_unreadable_folder_is_named(tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    crack = folder / "test" / "crack"
+    crack.chmod(0)
+    try:
+        with pytest.raises(AnobenchError, match="cannot list folder") as raised:
+            index_split(tmp_path, "wood", "test")
+    finally:
+        crack.chmod(0o755)
+    assert str(crack) in str(raised.value)
+
+
+def test_files_of_another_format_are_not_test_images(tmp_path: Path) -> None:
+    # e.g. float32 TIFF maps that export-maps wrote next to the images
+    folder = _tree(tmp_path)
+    for split in ("good", "crack"):
+        tifffile.imwrite(folder / "test" / split / "000.tiff", np.zeros((4, 4), np.float32))
+    samples = index_split(tmp_path, "wood", "test")
+    assert [s.relative_path for s in samples] == ["test/crack/000.png", "test/good/000.png"]
+
+
+def test_zero_one_masks_are_read_as_defects_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _tree(tmp_path)
+    reference = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE).masks
+    zero_one = (np.asarray(_mask()) // 255).astype(np.uint8)
+    _png(folder / "ground_truth" / "crack" / "000_mask.png", Image.fromarray(zero_one))
+    with caplog.at_level(logging.WARNING, logger="anobench"):
+        dataset = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE)
+    assert torch.equal(dataset.masks, reference) and reference.any()
+    (message,) = caplog.messages
+    assert message.startswith("wood: 1 mask(s) hold only the values 0 and 1")
+    assert "read as 0/255, 1 = defect" in message
+
+
+def test_all_empty_masks_say_the_pixel_metrics_are_undefined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _tree(tmp_path)
+    empty = Image.fromarray(np.zeros((SIZE, SIZE), np.uint8))
+    _png(folder / "ground_truth" / "crack" / "000_mask.png", empty)
+    with caplog.at_level(logging.WARNING, logger="anobench"):
+        dataset = AnomalyDataset(index_split(tmp_path, "wood", "test"), SIZE)
+    assert not dataset.masks.any()
+    (message,) = caplog.messages
+    assert message.startswith("wood: all 1 defect masks are empty (all zero")
+    assert "pixel metrics (pixel AUROC, PRO, pixel AP, pixel F1) are undefined" in message

@@ -73,6 +73,9 @@ def _case(root: Path, rng: np.random.Generator) -> tuple[str, str]:
     train = root / "train" / "good" / f"000.{fmt}"
     train.parent.mkdir(parents=True)
     train.write_bytes(_encode(_in_mode(pixels, mode), fmt))
+    good = root / "test" / "good" / f"000.{fmt}"  # a class needs defect-free test images
+    good.parent.mkdir(parents=True)
+    good.write_bytes(train.read_bytes())
     image = root / "test" / "crack" / f"000.{fmt}"
     image.parent.mkdir(parents=True)
     encoded = _encode(_in_mode(pixels[::-1], str(rng.choice(MODES))), fmt)

@@ -124,7 +124,7 @@ def test_grayscale_and_rgba_images_are_converted(tmp_path, mvtec_root) -> None:
         ("backbone.name=resnet19.tv_in1k", "did you mean resnet18"),
         ("backbone.layers=[layer2,layr3]", "did you mean layer3"),
         ("backbone.weights=/no/such.pth", "/no/such.pth"),
-        ("method.image_size=-4", "method.image_size=-4 must be positive"),
+        ("method.image_size=-4", "method.image_size=-4 is out of range; use a value >= 1"),
         ("hardware.eval_batch_size=0", "hardware.eval_batch_size=0 must be positive"),
         ("checkpoint_every=0", "checkpoint_every=0 must be positive"),
         ("pro_fpr_limit=1.5", "pro_fpr_limit=1.5"),

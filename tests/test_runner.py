@@ -97,13 +97,13 @@ def test_killed_run_leaves_no_half_written_result(tmp_path: Path) -> None:
         assert read_metrics(tmp_path, category)["status"] == "done"
 
 
-def test_dry_run_projects_time_from_measured_epochs_and_writes_nothing(
+def test_dry_run_projects_time_from_measured_steps_and_writes_nothing(
     tmp_path: Path, capsys
 ) -> None:
     args = tiny_run_args(tmp_path, "category=[weave,chip]", "dry_run=true", method="stmae")
     assert main(args + ["method.epochs=3"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "measured on weave" in out and "s/epoch" in out
+    assert "timing on weave" in out and "basis: " in out
     assert "for the 2 cells to run" in out
     backbone = "vgg19.tv_in1k"
     for category in ("weave", "chip"):

@@ -7,6 +7,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import stat
 import threading
@@ -20,6 +21,7 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 
 from anobench import cli
+from anobench.config import register_configs
 from anobench.data.synthetic import SyntheticSpec, ensure_synthetic
 from anobench.errors import AnobenchError
 from anobench.hardware import claim_slot, create_hardware
@@ -57,6 +59,7 @@ def _records(results_dir: Path) -> list[dict]:
 
 
 def _compose(*overrides: str) -> OmegaConf:
+    register_configs()
     register_launcher_configs()
     with _hydra_compose():
         return compose("config", overrides=list(overrides), return_hydra_config=True)
@@ -133,13 +136,30 @@ def test_category_all_across_datasets_and_print_flags_are_refused(tmp_path: Path
     assert not (tmp_path / SWEEPS_DIR).exists()
 
 
-def test_composition_errors_are_left_to_hydra_and_record_nothing(tmp_path: Path) -> None:
-    for args in (
-        ["-m", "method=nope", f"results_dir={tmp_path}"],
-        ["-m", "hydra/launcher=local", "hydra.launcher.no_such_key=1", f"results_dir={tmp_path}"],
+def test_composition_errors_in_a_sweep_are_one_line_and_record_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args, expected in (
+        (["-m", "method=nope", f"results_dir={tmp_path}"], "method=nope: no such method config"),
+        (
+            [
+                "-m",
+                "hydra/launcher=local",
+                "hydra.launcher.no_such_key=1",
+                f"results_dir={tmp_path}",
+            ],
+            "hydra.launcher.no_such_key=1: hydra.launcher has no key 'no_such_key'",
+        ),
+        (
+            ["-m", "method=knn,saae", "category=../up", f"results_dir={tmp_path}"],
+            "category='../up'",
+        ),
     ):
-        assert expand_multirun_args(args) == args
-    assert cli.main(["run", "-m", "method=nope", f"results_dir={tmp_path}"]) == 2
+        with pytest.raises(AnobenchError, match=re.escape(expected)):
+            expand_multirun_args(args)
+        assert cli.main(["run", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err
     assert not (tmp_path / SWEEPS_DIR).exists()
 
 
@@ -163,7 +183,8 @@ def test_slurm_launcher_composes_to_the_expected_sbatch_options(
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     monkeypatch.setenv("PATH", f"{_fake_srun(tmp_path)}{os.pathsep}{os.environ['PATH']}")
-    params = {k: v for k, v in launcher.items() if k not in ("_target_", "submitit_folder")}
+    skip = ("_target_", "submitit_folder", "timeout_min_per_method")  # anobench's own key
+    params = {k: v for k, v in launcher.items() if k not in skip}
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor = submitit.AutoExecutor(
         cluster="slurm",
@@ -196,12 +217,15 @@ def test_slurm_sweeps_need_srun_and_record_one_job_per_cell(
         expand_multirun_args(args)
     assert not (tmp_path / SWEEPS_DIR).exists()
     monkeypatch.setenv("PATH", str(_fake_srun(tmp_path)))
-    assert expand_multirun_args(args)[-1] == "category=weave,marble,washer,chip"
+    # the SLURM jobs run on a GPU unless the command line picks the hardware
+    assert expand_multirun_args(args)[-2:] == ["category=weave,marble,washer,chip", "hardware=gpu"]
     (record,) = _records(tmp_path)
     assert [c["overrides"][-2:] for c in record["cells"]] == [
         [f"category={c}", "seed=0"] for c in ("weave", "marble", "washer", "chip")
     ]
     assert all(c["overrides"][:2] == args[1:3] for c in record["cells"])
+    chosen = expand_multirun_args([*args, "hardware=cpu"])
+    assert "hardware=cpu" in chosen and "hardware=gpu" not in chosen
 
 
 def test_local_and_joblib_launchers_default_to_the_gpu_count() -> None:
@@ -342,6 +366,20 @@ def test_status_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "anobench run -m" in capsys.readouterr().out
     _write_done(tmp_path, Cell(*KNN, "weave", 0, _variant()))
     assert cli.main(["status", str(tmp_path)]) == 0
+
+
+def test_status_finds_the_results_folders_below_the_one_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `anobench status` and `anobench report` default to results/, the demo writes results/demo
+    _write_done(tmp_path / "demo", Cell(*KNN, "weave", 0))
+    _write_done(tmp_path / "other" / "sweep", Cell(*KNN, "washer", 1))
+    assert cli.main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Cells under") == 2 and out.count("all 1 cells are done") == 2
+    assert "no cells" not in out
+    assert cli.main(["status", str(tmp_path / "other")]) == 0
+    assert capsys.readouterr().out.count("all 1 cells are done") == 1
 
 
 # ---- real multiruns -------------------------------------------------------------------------

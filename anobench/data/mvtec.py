@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import struct
-import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from PIL import Image
 from anobench.errors import AnobenchError
 from anobench.progress import progress as progress_bar
 
+log = logging.getLogger("anobench")
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 OBJECTS = (
     "bottle",
@@ -79,8 +80,31 @@ def _is_image(path: Path) -> bool:
     )
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries; an unreadable folder or a dangling link is an AnobenchError."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as err:
+        raise AnobenchError(
+            f"cannot list folder {folder} ({err.strerror}); make it readable "
+            "(e.g. chmod -R u+rX on the dataset) or remove it"
+        ) from err
+    for entry in entries:
+        if entry.is_symlink() and not entry.exists():
+            raise AnobenchError(
+                f"{entry} is a broken symbolic link (or a link loop); restore its target or "
+                "remove the link"
+            )
+    return entries
+
+
+def _images_in(folder: Path, extensions: set[str] | None = None) -> list[Path]:
+    """Image files of a folder by name; with `extensions`, only files with one of those."""
+    return [
+        p
+        for p in _entries(folder)
+        if _is_image(p) and (extensions is None or p.suffix.lower() in extensions)
+    ]
 
 
 def _check_root(root: Path) -> Path:
@@ -127,7 +151,7 @@ def _masks_by_stem(gt_folder: Path) -> dict[str, Path]:
     if not gt_folder.is_dir():
         return {}
     masks: dict[str, Path] = {}
-    candidates = (p for p in gt_folder.iterdir() if _is_image(p) and p.stem.endswith("_mask"))
+    candidates = (p for p in _entries(gt_folder) if _is_image(p) and p.stem.endswith("_mask"))
     for path in sorted(candidates, key=lambda p: (p.suffix != ".png", p.name)):
         masks.setdefault(path.stem.removesuffix("_mask"), path)
     return masks
@@ -155,12 +179,16 @@ def index_split(root: Path, category: str, split: str) -> list[Sample]:
             f"test folder {test} does not exist; it must hold good/ and one folder per defect type"
         )
     samples = []
-    defect_dirs = (p for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for defect_dir in sorted(defect_dirs, key=lambda p: p.name):
+    # images of the split have the training images' format: other files (e.g. TIFF anomaly maps
+    # exported into the dataset) are not test images
+    train_good = folder / "train" / GOOD
+    formats = {p.suffix.lower() for p in _images_in(train_good)} if train_good.is_dir() else None
+    defect_dirs = (p for p in _entries(test) if p.is_dir() and not p.name.startswith("."))
+    for defect_dir in defect_dirs:
         defect = defect_dir.name
         gt_folder = folder / "ground_truth" / defect
         masks = _masks_by_stem(gt_folder) if defect != GOOD else {}
-        for path in _images_in(defect_dir):
+        for path in _images_in(defect_dir, formats or None):
             relative = path.relative_to(folder).as_posix()
             if defect == GOOD:
                 samples.append(Sample(path, None, 0, GOOD, relative))
@@ -176,6 +204,16 @@ def index_split(root: Path, category: str, split: str) -> list[Sample]:
         raise AnobenchError(
             f"test folder {test} holds no images in subfolders; expected test/good and "
             "test/<defect> folders of images"
+        )
+    if not any(s.label == 0 for s in samples):
+        raise AnobenchError(
+            f"{test / GOOD} is missing or holds no images: image AUROC is undefined without "
+            "defect-free test images; add them there"
+        )
+    if not any(s.label == 1 for s in samples):
+        raise AnobenchError(
+            f"{test} has no defect folder with images (only {GOOD}/): the metrics are undefined "
+            "without defective test images; add test/<defect>/ images and their masks"
         )
     return samples
 
@@ -217,7 +255,8 @@ class AnomalyDataset(torch.utils.data.Dataset):
     """Samples decoded once into memory; items are dicts of image, mask, label, defect, path.
 
     RGBA, LA and transparent palette images lose their alpha channel (not composited); 16-bit
-    greyscale is scaled to 8 bits. Masks are binarised at 128 and resized with NEAREST.
+    greyscale is scaled to 8 bits. Masks are binarised at 128 (masks valued 0/1: at 1) and
+    resized with NEAREST; unusual masks are reported in one warning line per kind.
     """
 
     def __init__(
@@ -239,8 +278,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         self.images = torch.empty(len(self.samples), 3, *size, dtype=torch.uint8)  # [N, 3, S, S]
         self.masks = torch.zeros(len(self.samples), *size, dtype=torch.bool)  # [N, S, S]
         self.labels = torch.tensor([s.label for s in self.samples], dtype=torch.long)  # [N]
-        first_soft_mask: Path | None = None
-        n_soft = 0
+        unusual: dict[str, list[Path]] = {"soft": [], "zero_one": []}
         for i, sample in enumerate(
             progress_bar(self.samples, desc="decode", enabled=progress, unit="image")
         ):
@@ -263,18 +301,44 @@ class AnomalyDataset(torch.utils.data.Dataset):
                     f"{sample.image_path} has size {original_size}; masks must match their image"
                 )
             values = np.asarray(mask)
-            if ((values != 0) & (values != 255)).any():
-                n_soft += 1
-                first_soft_mask = first_soft_mask or sample.mask_path
+            if values.max(initial=0) == 1:  # a 0/1 mask: 1 marks the defect
+                unusual["zero_one"].append(sample.mask_path)
+                values = values * np.uint8(255)
+            elif ((values != 0) & (values != 255)).any():
+                unusual["soft"].append(sample.mask_path)
             binary = Image.fromarray(((values > 127) * 255).astype(np.uint8))
             binary = binary.resize(size, Image.Resampling.NEAREST)
             self.masks[i] = torch.from_numpy(np.asarray(binary) > 127)
-        if first_soft_mask is not None:
-            warnings.warn(
-                f"{n_soft} mask(s) have values other than 0 and 255, the first is "
-                f"{first_soft_mask}; they were thresholded (values >= 128 count as defect)",
-                UserWarning,
-                stacklevel=2,
+        self._report_masks(unusual["soft"], unusual["zero_one"])
+
+    def _report_masks(self, soft: list[Path], zero_one: list[Path]) -> None:
+        """One warning line per kind of unusual mask, naming the class and the consequence."""
+        defects = [i for i, s in enumerate(self.samples) if s.mask_path is not None]
+        if not defects:
+            return
+        category = self.samples[defects[0]].image_path.parents[2].name
+        if zero_one:
+            log.warning(
+                "%s: %d mask(s) hold only the values 0 and 1 (e.g. %s); read as 0/255, 1 = defect",
+                category,
+                len(zero_one),
+                zero_one[0],
+            )
+        if soft:
+            log.warning(
+                "%s: %d mask(s) have values other than 0 and 255 (e.g. %s); thresholded at 128 "
+                "(>= 128 = defect)",
+                category,
+                len(soft),
+                soft[0],
+            )
+        if not self.masks[defects].any():
+            log.warning(
+                "%s: all %d defect masks are empty (all zero, e.g. %s); the pixel metrics "
+                "(pixel AUROC, PRO, pixel AP, pixel F1) are undefined and recorded as null",
+                category,
+                len(defects),
+                self.samples[defects[0]].mask_path,
             )
 
     def __len__(self) -> int:
