@@ -33,7 +33,7 @@ from anobench.config import (
 from anobench.cost import count_parameters, measure_inference
 from anobench.data.mvtec import AnomalyDataset, index_split
 from anobench.data.synthetic import SyntheticSpec, ensure_synthetic
-from anobench.errors import AnobenchError, is_user_error
+from anobench.errors import AnobenchError, is_storage_error, is_user_error, storage_error
 from anobench.hardware import Hardware, create_hardware, seed_everything
 from anobench.identity import (
     CellIdentity,
@@ -354,6 +354,8 @@ def _failure_message(err: BaseException, plan: RunPlan) -> str:
             f"no space left on the device of results_dir={plan.results_dir} ({err.strerror}); "
             "free space or choose another results_dir, then rerun (finished cells are kept)"
         )
+    if is_storage_error(err):  # read-only, over quota, file too large, no permission
+        return str(storage_error(err))
     if isinstance(err, torch.OutOfMemoryError):
         peak = plan.hardware.peak_memory_bytes() or 0
         return (

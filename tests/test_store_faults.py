@@ -241,7 +241,7 @@ def test_a_full_disk_is_one_line_recorded_where_possible_and_leaves_no_half_reco
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_for_records)
-    assert main(tiny_run_args(run_dir, CLASSES)) == 1
+    assert main(tiny_run_args(run_dir, CLASSES)) == 2  # the disk, not anobench: exit 2
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert (out + err).count("no space left on the device") == 1
@@ -252,7 +252,7 @@ def test_a_full_disk_is_one_line_recorded_where_possible_and_leaves_no_half_reco
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)  # nothing can be written, error.json neither
-    assert main(tiny_run_args(run_dir, CLASSES)) == 1
+    assert main(tiny_run_args(run_dir, CLASSES)) == 2  # the disk, not anobench: exit 2
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err and "no space left on the device" in err
 
