@@ -22,50 +22,7 @@ from anobench.kept_model import (
 )
 from anobench.methods import list_methods
 from anobench.per_image import read_per_image
-
-# the tiniest real run of each method: 48 px synthetic images scored at 32 px
-TINY_METHOD: dict[str, list[str]] = {
-    "knn": [],
-    "saae": [
-        "backbone.name=vit_tiny_patch16_224",
-        "+backbone.model_kwargs.depth=4",
-        "method.latent_dim=8",
-        "method.epochs=1",
-        "method.batch_size=4",
-    ],
-    "anovit": [
-        "backbone.name=vit_tiny_patch16_224",
-        "+backbone.model_kwargs.depth=1",
-        "method.epochs=2",
-        "method.batch_size=4",
-    ],
-    "haloae": ["method.epochs=1", "method.samples_per_epoch=4", "method.batch_size=4"],
-    "stmae": ["method.epochs=1", "method.batch_size=4"],
-}
-
-
-def run_tiny(tmp_path: Path, method: str, *extra: str, category: str = "weave") -> Path:
-    """Run one tiny cell of `method` under tmp_path; return its folder."""
-    arguments = [
-        "run",
-        f"method={method}",
-        "experiment=demo",
-        "dataset.synthetic.image_size=48",
-        "dataset.synthetic.n_train=4",
-        "dataset.synthetic.n_test_good=3",
-        "dataset.synthetic.n_test_defect=3",
-        "method.image_size=32",
-        f"category={category}",
-        "latency_repeats=0",
-        "progress=false",
-        f"results_dir={tmp_path / 'results'}",
-        f"cache_dir={tmp_path / 'cache'}",
-        *TINY_METHOD[method],
-        *extra,
-    ]
-    assert main(arguments) == 0
-    (record,) = [p for p in (tmp_path / "results").rglob("metrics.json") if p.parts[-3] == category]
-    return record.parent
+from tests.helpers import TINY_METHOD, run_tiny
 
 
 def test_contract_covers_every_method() -> None:
@@ -101,23 +58,6 @@ def test_a_kept_model_predicts_the_maps_and_scores_of_its_test_run(
         assert ours.dtype == np.float32 and ours.shape == theirs.shape == (48, 48)
         # maps.npz keeps float16: three significant digits
         np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=1e-3 * np.abs(theirs).max())
-
-
-@pytest.fixture(scope="module")
-def knn_cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Finished tiny knn cells of weave and washer, computed once for the module."""
-    base = tmp_path_factory.mktemp("knn")
-    run_tiny(base, "knn", category="weave")
-    run_tiny(base, "knn", category="washer")
-    return base
-
-
-@pytest.fixture()
-def knn_copy(knn_cells: Path, tmp_path: Path) -> Path:
-    """A private copy of the finished knn cells (and their data) to break."""
-    for name in ("results", "cache"):
-        shutil.copytree(knn_cells / name, tmp_path / name)
-    return tmp_path
 
 
 def _cell(base: Path, category: str) -> Path:
