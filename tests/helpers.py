@@ -132,5 +132,10 @@ def run_tiny(
         *extra,
     ]
     assert main(arguments) == 0
-    (record,) = [p for p in (tmp_path / "results").rglob("metrics.json") if p.parts[-3] == category]
-    return record.parent
+    from anobench.identity import config_variant
+    from anobench.results import Cell
+
+    cfg = compose_config(*arguments[1:])
+    variant = config_variant(cfg, None).variant.name
+    cell = Cell("synthetic", method, cfg.backbone.name, category, 0, variant)
+    return cell.directory(tmp_path / "results")
