@@ -77,6 +77,10 @@ def rescore_config(
 ) -> DictConfig:
     """The source cell's resolved config for this one cell, with the overrides applied."""
     config = copy.deepcopy(record["config"])
+    defaults = OmegaConf.to_container(OmegaConf.structured(RunConfig))
+    for key, value in defaults.items():  # top-level keys added since the cell ran
+        if value != "???":
+            config.setdefault(key, value)
     config |= {
         "category": record["category"],
         "seed": record["seed"],

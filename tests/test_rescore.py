@@ -10,6 +10,7 @@ import pytest
 from anobench.cli import main
 from anobench.kept_model import MODEL_INFO_FILE
 from anobench.per_image import read_per_image
+from anobench.rescore import rescore_config
 from tests.helpers import run_tiny
 
 
@@ -71,3 +72,14 @@ def test_rescore_refuses_keys_that_need_retraining_and_unchanged_settings(
     assert "method.blur_sigma='wide' is not valid" in _error(capsys)
     assert main(["rescore", str(source), "blur"]) == 2
     assert "is not KEY=VALUE" in _error(capsys)
+
+
+def test_a_record_from_before_a_new_top_level_key_is_rescored_with_its_default(
+    knn_cells: Path,
+) -> None:
+    record = json.loads((_cell(knn_cells, "weave") / "metrics.json").read_text())
+    del record["config"]["save_model"], record["config"]["bootstrap_resamples"]
+    cfg = rescore_config(record, {"method.blur_sigma": 3}, knn_cells / "results", "cpu", False)
+    assert cfg.save_model is True and cfg.bootstrap_resamples == 1000
+    assert cfg.method.blur_sigma == 3.0 and isinstance(cfg.method.blur_sigma, float)
+    assert (cfg.category, cfg.seed, cfg.hardware.device) == ("weave", 0, "cpu")
