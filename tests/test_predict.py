@@ -49,9 +49,9 @@ def test_images_of_any_size_and_mode_get_maps_at_their_own_size(
     rng = np.random.default_rng(0)
     parts = tmp_path / "parts"
     (parts / "sub").mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 256, (80, 120, 4), dtype=np.uint8), "RGBA").save(
+    Image.fromarray(rng.integers(0, 256, (768, 1024, 4), dtype=np.uint8), "RGBA").save(
         parts / "rgba.png"
-    )
+    )  # an MVTec-sized photo with an alpha channel
     Image.fromarray(rng.integers(0, 256, (90, 70), dtype=np.uint8), "L").save(
         parts / "sub" / "gray.jpg"
     )
@@ -66,7 +66,7 @@ def test_images_of_any_size_and_mode_get_maps_at_their_own_size(
     arguments = ["predict", str(cell), str(parts), str(single), "--out", str(out)]
     assert main([*arguments, "--threshold", "0.5", "--batch-size", "2"]) == 0
 
-    sizes = {"deep16": (60, 100), "rgba": (80, 120), "sub/gray": (90, 70), "single": (33, 47)}
+    sizes = {"deep16": (60, 100), "rgba": (768, 1024), "sub/gray": (90, 70), "single": (33, 47)}
     for name, shape in sizes.items():
         anomaly_map = tifffile.imread(out / "maps" / f"{name}.tiff")
         assert anomaly_map.dtype == np.float32 and anomaly_map.shape == shape
