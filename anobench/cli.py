@@ -1,4 +1,4 @@
-"""Command line: `anobench run|report|compare|status|synth|export-maps`.
+"""Command line: `anobench run|report|compare|status|synth|export-maps|predict|rescore`.
 
 The only place that prints errors and calls sys.exit.
 """
@@ -197,6 +197,59 @@ def _export_maps(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(ns: argparse.Namespace) -> int:
+    from anobench.predict import predict_command
+
+    return predict_command(ns)
+
+
+def _rescore(ns: argparse.Namespace) -> int:
+    from anobench.rescore import rescore_command
+
+    return rescore_command(ns)
+
+
+def _add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cell, the selectors picking one cell of a results folder, and the device."""
+    parser.add_argument("cell", help="a cell folder, or a results folder with the selectors below")
+    group = parser.add_argument_group("which cell of a results folder")
+    group.add_argument("--dataset", default=None)
+    group.add_argument("--method", default=None, help="knn (any variant) or knn+<variant>")
+    group.add_argument("--backbone", default=None)
+    group.add_argument("--category", default=None)
+    group.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda:N")
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="score new images with a cell's kept model")
+    _add_cell_arguments(predict)
+    predict.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    predict.add_argument("--out", required=True, help="folder for maps/, overlays/, scores.csv")
+    predict.add_argument(
+        "--threshold",
+        default=None,
+        help="a number, f1 (the test set's F1-max threshold) or fpr:0.05 (5%% of good images)",
+    )
+    predict.add_argument(
+        "--mask-threshold", type=float, default=None, help="map value for the masks (a number)"
+    )
+    predict.add_argument("--batch-size", type=int, default=None, help="default: the cell's")
+    predict.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default=None, help="default: the cell's"
+    )
+    predict.add_argument("--weights", default=None, help="the backbone weights file, if moved")
+    predict.set_defaults(handler=_predict)
+
+    rescore = sub.add_parser(
+        "rescore", help="a cell's metrics with other scoring settings, from its kept model"
+    )
+    _add_cell_arguments(rescore)
+    rescore.add_argument("overrides", nargs="+", help="KEY=VALUE, e.g. method.image_score=max")
+    rescore.add_argument("--overwrite", action="store_true", help="recompute a rescored cell")
+    rescore.set_defaults(handler=_rescore)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anobench",
@@ -259,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("results_dir", help="a results folder (or one cell folder)")
     export.add_argument("--out", required=True)
     export.set_defaults(handler=_export_maps)
+    _add_model_commands(sub)
     return parser
 
 

@@ -107,6 +107,7 @@ class RunConfig:
     cache_dir: str = "~/.cache/anobench"
     overwrite: bool = False  # rerun cells whose metrics.json exists
     save_maps: bool = True  # keep anomaly maps (float16) for export-maps and figures
+    save_model: bool = True  # keep what was trained (model.safetensors) for predict and rescore
     checkpoint_every: int = 10  # epochs between resumable checkpoints
     pro_fpr_limit: float = 0.3
     bootstrap_resamples: int = 1000  # stratified resamples for 95% intervals per cell (0: off)

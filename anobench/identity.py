@@ -49,6 +49,7 @@ NOT_IDENTITY: tuple[str, ...] = (
     "cache_dir",
     "overwrite",
     "save_maps",
+    "save_model",
     "checkpoint_every",
     "latency_repeats",
     "progress",

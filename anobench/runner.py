@@ -7,6 +7,7 @@ import errno
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,8 +44,9 @@ from anobench.identity import (
     mismatch,
     write_overrides,
 )
+from anobench.kept_model import MODEL_FILE, MODEL_INFO_FILE, kept_model_problem, write_kept_model
 from anobench.locks import CellBusyError, CellLock
-from anobench.methods import MethodContext, create_method
+from anobench.methods import Method, MethodContext, create_method
 from anobench.metrics import compute_metrics
 from anobench.per_image import PER_IMAGE_FILE, write_per_image
 from anobench.results import (
@@ -73,6 +75,7 @@ from anobench.sweeps import current_job_index
 
 log = logging.getLogger("anobench")
 trace = logging.getLogger(TRACE_LOGGER)  # the run log only (the cli prints errors itself)
+MODEL_FILES = (MODEL_FILE, MODEL_INFO_FILE)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class RunPlan:
     cache_dir: Path
     overwrite: bool = False
     save_maps: bool = True
+    save_model: bool = True
     checkpoint_every: int = 10
     pro_fpr_limit: float = 0.3
     progress: bool = True
@@ -200,6 +204,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         cache_dir=cache_dir,
         overwrite=cfg.overwrite,
         save_maps=cfg.save_maps,
+        save_model=cfg.save_model,
         checkpoint_every=cfg.checkpoint_every,
         pro_fpr_limit=cfg.pro_fpr_limit,
         progress=cfg.progress,
@@ -219,8 +224,14 @@ class CellCheck:
     set_aside: tuple[tuple[str, str], ...] = ()  # (file, reason) to rename when the cell runs
 
 
-def check_cell(cell_dir: Path, identity: CellIdentity, references: dict[str, Flat]) -> CellCheck:
-    """Done = metrics.json parses, validates and is this cell's identity, and its maps load."""
+def check_cell(
+    cell_dir: Path,
+    identity: CellIdentity,
+    references: dict[str, Flat],
+    save_model: bool = True,
+) -> CellCheck:
+    """Done = metrics.json parses, validates and is this cell's identity, and its maps load
+    (and its kept model, when models are kept)."""
     record, problem = read_checked(cell_dir / METRICS_FILE)
     if record is None:
         if problem is None:
@@ -230,28 +241,35 @@ def check_cell(cell_dir: Path, identity: CellIdentity, references: dict[str, Fla
         )
     reason = mismatch(record, identity, references)
     if reason is not None:
-        files = ((METRICS_FILE, "superseded"), (MAPS_FILE, "superseded"))
+        files = tuple((name, "superseded") for name in (METRICS_FILE, MAPS_FILE, *MODEL_FILES))
         return CellCheck(False, f"{cell_dir / METRICS_FILE} is another setting's: {reason}", files)
     maps = cell_dir / MAPS_FILE
     damaged = maps_problem(maps) if maps.exists() else None
     if damaged is not None:
         return CellCheck(False, f"{maps} {damaged}", ((MAPS_FILE, "corrupt"),))
+    damaged = kept_model_problem(cell_dir) if save_model else None
+    if damaged is not None:
+        return CellCheck(False, damaged, tuple((name, "corrupt") for name in MODEL_FILES))
     return CellCheck(True)
 
 
 def is_done(cell: Cell, plan: RunPlan) -> bool:
     """Whether the cell's folder holds its finished result (see check_cell)."""
     cell_dir = cell.directory(plan.results_dir)
-    return check_cell(cell_dir, plan.identities[cell.category], plan.references).done
+    identity = plan.identities[cell.category]
+    return check_cell(cell_dir, identity, plan.references, plan.save_model).done
 
 
-def run_cells(plan: RunPlan) -> RunSummary:
-    """Run every cell; a failing cell is recorded and the others go on."""
+CellWork = Callable[[Cell, RunPlan], dict[str, Any]]  # computes a cell, returns its record
+
+
+def run_cells(plan: RunPlan, work: CellWork | None = None) -> RunSummary:
+    """Run every cell (with `work`, default run_cell); a failing cell is recorded, others go on."""
     summary = RunSummary(done=[], skipped=[], failed={})
     for index, cell in enumerate(plan.cells, start=1):
         label = f"[{index}/{len(plan.cells)}] {cell.label()}"
         try:
-            outcome = _run_locked(cell, plan, label)
+            outcome = _run_locked(cell, plan, label, work or run_cell)
         except Exception as err:  # any fault stops this cell only; it is recorded
             message = _failure_message(err, plan)
             _record_failure(cell, plan, err, message)
@@ -272,11 +290,13 @@ def run_cells(plan: RunPlan) -> RunSummary:
     return summary
 
 
-def _run_locked(cell: Cell, plan: RunPlan, label: str) -> dict[str, Any] | str | None:
+def _run_locked(
+    cell: Cell, plan: RunPlan, label: str, work: CellWork
+) -> dict[str, Any] | str | None:
     """Run one cell under its lock: its metrics, "busy" (another run holds it) or None (done)."""
     cell_dir = confine(cell.directory(plan.results_dir), plan.results_dir)
     identity = plan.identities[cell.category]
-    if not plan.overwrite and check_cell(cell_dir, identity, plan.references).done:
+    if not plan.overwrite and check_cell(cell_dir, identity, plan.references, plan.save_model).done:
         log.info("%s: done already, skipped", label)
         return None
     try:
@@ -286,13 +306,14 @@ def _run_locked(cell: Cell, plan: RunPlan, label: str) -> dict[str, Any] | str |
         log.info("%s: %s; skipped, that run finishes it", label, busy)
         return "busy"
     try:
-        check = check_cell(cell_dir, identity, plan.references)  # another run may have finished
+        # another run may have finished it meanwhile
+        check = check_cell(cell_dir, identity, plan.references, plan.save_model)
         if check.done and not plan.overwrite:
             log.info("%s: finished by another run meanwhile, skipped", label)
             return None
         log.info("%s: running", label)
         _prepare_cell(cell_dir, check, identity, plan)
-        return run_cell(cell, plan)["metrics"]
+        return work(cell, plan)["metrics"]
     finally:
         lock.release()
 
@@ -413,18 +434,15 @@ def ordered_loader(
 
 
 def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
-    """Train and evaluate one cell; write its maps, then its record (the record marks it done)."""
+    """Train and evaluate one cell; write its maps and model, then its record (that marks it
+    done)."""
     started = _now()
     cell_dir = confine(cell.directory(plan.results_dir), plan.results_dir)
-    identity = plan.identities[cell.category]
     hardware = plan.hardware
     seed_everything(cell.seed)
     image_size, resize = plan.method_cfg.image_size, plan.method_cfg.resize
     train_set = AnomalyDataset(
         index_split(plan.dataset_root, cell.category, "train"), image_size, resize, plan.progress
-    )
-    test_set = AnomalyDataset(
-        index_split(plan.dataset_root, cell.category, "test"), image_size, resize, plan.progress
     )
     context = MethodContext(
         hardware=hardware,
@@ -442,9 +460,34 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     start = time.perf_counter()
     method.fit(ordered_loader(train_set, plan.hardware_cfg, hardware.is_cuda, cell.seed))
     hardware.synchronize()
-    train_seconds = time.perf_counter() - start
-    peak_train = hardware.peak_memory_bytes()
+    training = {
+        "train_seconds": time.perf_counter() - start,
+        "peak_gpu_memory_bytes_train": hardware.peak_memory_bytes(),
+        "n_train": len(train_set),
+    }
+    return evaluate_cell(cell, plan, method, started, training)
 
+
+def evaluate_cell(
+    cell: Cell,
+    plan: RunPlan,
+    method: Method,
+    started: str,
+    training: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score the test set with a fitted method; write its maps, model, then its record.
+
+    `training`: train_seconds, peak_gpu_memory_bytes_train and n_train of the fit; `extra`:
+    more record fields (a re-scored cell's `rescored_from`).
+    """
+    cell_dir = confine(cell.directory(plan.results_dir), plan.results_dir)
+    identity = plan.identities[cell.category]
+    hardware = plan.hardware
+    image_size, resize = plan.method_cfg.image_size, plan.method_cfg.resize
+    test_set = AnomalyDataset(
+        index_split(plan.dataset_root, cell.category, "test"), image_size, resize, plan.progress
+    )
     hardware.reset_peak_memory()
     maps, image_scores, masks, labels, paths = [], [], [], [], []
     start = time.perf_counter()
@@ -483,24 +526,31 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         if plan.latency_repeats > 0
         else {}
     )
+    header = {**dataclasses.asdict(cell), **identity.record_fields(), **(extra or {})}
+    model_bytes = _keep_model(
+        cell_dir,
+        method,
+        {**header, "started": started, "config": plan.resolved_config},
+        plan.save_model,
+    )
     record = {
         "schema": SCHEMA_VERSION,
         "status": "done",
-        **dataclasses.asdict(cell),
-        **identity.record_fields(),
+        **header,
         "metrics": metrics,
         **statistics.record_fields(),
         "cost": {
             "params_trainable": trainable,
             "params_total": total,
-            "train_seconds": train_seconds,
+            "train_seconds": training["train_seconds"],
             "test_seconds": test_seconds,
             "test_images_per_second": len(test_set) / test_seconds if test_seconds > 0 else None,
-            "peak_gpu_memory_bytes_train": peak_train,
+            "peak_gpu_memory_bytes_train": training["peak_gpu_memory_bytes_train"],
             "peak_gpu_memory_bytes_test": hardware.peak_memory_bytes(),
             **inference,
+            "model_bytes": model_bytes,
         },
-        "n_train": len(train_set),
+        "n_train": training["n_train"],
         "n_test": len(test_set),
         "n_test_anomalous": int(torch.cat(labels).sum()),
         "device": hardware.describe(),
@@ -510,6 +560,7 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
         "started": started,
         "finished": _now(),
         "maps": plan.save_maps,
+        "model": plan.save_model,
         "config": plan.resolved_config,
     }
     write_per_image(cell_dir / PER_IMAGE_FILE, statistics.per_image)
@@ -520,3 +571,17 @@ def run_cell(cell: Cell, plan: RunPlan) -> dict[str, Any]:
     for done_with in (ERROR_FILE, CHECKPOINT_FILE, CHECKPOINT_IDENTITY_FILE):
         (cell_dir / done_with).unlink(missing_ok=True)
     return record
+
+
+def _keep_model(cell_dir: Path, method: Method, header: dict[str, Any], save: bool) -> int | None:
+    """Write the cell's kept model (before its record marks it done); its size in bytes.
+
+    With save_model=false a model left by an earlier run of the cell is set aside: it is not
+    the model of the record about to be written.
+    """
+    if save:
+        return write_kept_model(cell_dir, method, header)
+    for name in (MODEL_FILE, MODEL_INFO_FILE):
+        if (cell_dir / name).exists():
+            set_aside(cell_dir / name, "superseded")
+    return None

@@ -42,12 +42,14 @@ COST_FIELDS = (
     "latency_ms_p95",
     "peak_gpu_memory_bytes_train",
     "peak_gpu_memory_bytes_test",
+    "model_bytes",
 )
 _INTEGER_FIELDS = (
     "params_trainable",
     "params_total",
     "peak_gpu_memory_bytes_train",
     "peak_gpu_memory_bytes_test",
+    "model_bytes",
 )
 KEY_COLUMNS = (*RECORD_COLUMNS, "metric")
 INTERVAL_COLUMNS = ("ci_low", "ci_high")  # the cell's bootstrap interval of the value
@@ -514,6 +516,7 @@ def cost_table(frame: pd.DataFrame) -> TextTable | None:
         ("Throughput (images/s)", lambda c: fmt_number(_mean(c["test_images_per_second"]))),
         ("Latency p50 (ms / image)", lambda c: fmt_number(_mean(c["latency_ms_p50"]), 1, 2)),
         ("Latency p95 (ms / image)", lambda c: fmt_number(_mean(c["latency_ms_p95"]), 1, 2)),
+        ("Kept model (MiB)", lambda c: fmt_number(_mean(c["model_bytes"]), 2**20, 2)),
         ("Precision", lambda c: _joined(c["precision"])),
         ("Hardware", lambda c: _joined(c["device"])),
         ("Cells", lambda c: str(len(c))),

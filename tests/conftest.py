@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,3 +29,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def knn_cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Finished tiny knn cells of weave and washer with kept models, computed once per run."""
+    from tests.helpers import run_tiny
+
+    base = tmp_path_factory.mktemp("knn")
+    run_tiny(base, "knn", category="weave")
+    run_tiny(base, "knn", category="washer")
+    return base
+
+
+@pytest.fixture()
+def knn_copy(knn_cells: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished knn cells (and their synthetic data) to change."""
+    for name in ("results", "cache"):
+        shutil.copytree(knn_cells / name, tmp_path / name)
+    return tmp_path

@@ -87,3 +87,55 @@ def compose_config(*overrides: str) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+# the tiniest real run of each method: 48 px synthetic images scored at 32 px
+TINY_METHOD: dict[str, list[str]] = {
+    "knn": [],
+    "saae": [
+        "backbone.name=vit_tiny_patch16_224",
+        "+backbone.model_kwargs.depth=4",
+        "method.latent_dim=8",
+        "method.epochs=1",
+        "method.batch_size=4",
+    ],
+    "anovit": [
+        "backbone.name=vit_tiny_patch16_224",
+        "+backbone.model_kwargs.depth=1",
+        "method.epochs=2",
+        "method.batch_size=4",
+    ],
+    "haloae": ["method.epochs=1", "method.samples_per_epoch=4", "method.batch_size=4"],
+    "stmae": ["method.epochs=1", "method.batch_size=4"],
+}
+
+
+def run_tiny(
+    tmp_path: Path, method: str, *extra: str, category: str = "weave", image_size: int = 32
+) -> Path:
+    """Run one tiny cell of `method` under tmp_path; return its folder."""
+    arguments = [
+        "run",
+        f"method={method}",
+        "experiment=demo",
+        "dataset.synthetic.image_size=48",
+        "dataset.synthetic.n_train=4",
+        "dataset.synthetic.n_test_good=3",
+        "dataset.synthetic.n_test_defect=3",
+        f"method.image_size={image_size}",
+        f"category={category}",
+        "latency_repeats=0",
+        "progress=false",
+        f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        *TINY_METHOD[method],
+        *extra,
+    ]
+    assert main(arguments) == 0
+    from anobench.identity import config_variant
+    from anobench.results import Cell
+
+    cfg = compose_config(*arguments[1:])
+    variant = config_variant(cfg, None).variant.name
+    cell = Cell("synthetic", method, cfg.backbone.name, category, 0, variant)
+    return cell.directory(tmp_path / "results")

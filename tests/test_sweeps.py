@@ -400,7 +400,14 @@ def _expected_files(seeds: list[int]) -> set[str]:
     return {
         str(cell.directory(Path()) / name)
         for cell in cells
-        for name in (METRICS_FILE, "maps.npz", "per_image.npz", OVERRIDES_FILE)
+        for name in (
+            METRICS_FILE,
+            "maps.npz",
+            "per_image.npz",
+            OVERRIDES_FILE,
+            "model.safetensors",
+            "model.json",
+        )
     } | {str(model_folder / OVERRIDES_FILE)}
 
 

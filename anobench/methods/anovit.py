@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,7 @@ def image_score(squared: Tensor, maps: Tensor, rule: str) -> Tensor:
     return maps.amax(dim=(1, 2))
 
 
-@register("anovit", AnoViTConfig)
+@register("anovit", AnoViTConfig, scoring_keys=("image_score", "blur_sigma"))
 class AnoViT:
     """Reconstruct (standardised) images; pixel map = blurred squared error, image score = max."""
 
@@ -354,3 +355,21 @@ class AnoViT:
         return Scores(
             anomaly_maps=maps, image_scores=image_score(squared, maps, self.cfg.image_score)
         )
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """The decoder, and the ViT encoder too unless it stayed frozen (it is fine-tuned)."""
+        kept = self.model.decoder if self.cfg.freeze_encoder else self.model
+        prefix = "model.decoder." if self.cfg.freeze_encoder else "model."
+        return {prefix + k: v for k, v in kept.state_dict().items()}
+
+    def scoring_state(self) -> dict[str, Any]:
+        """The per-channel standardisation statistics of the training images."""
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state(self, trained: dict[str, Tensor], scoring: dict[str, Any]) -> None:
+        kept = self.model.decoder if self.cfg.freeze_encoder else self.model
+        prefix = "model.decoder." if self.cfg.freeze_encoder else "model."
+        kept.load_state_dict({k.removeprefix(prefix): v for k, v in trained.items()})
+        self.mean = self.hw.to_device(scoring["mean"]).float()
+        self.std = self.hw.to_device(scoring["std"]).float()
+        self.model.eval()

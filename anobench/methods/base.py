@@ -40,7 +40,13 @@ class MethodContext:
 
 
 class Method(Protocol):
-    """A method: fit on normal images, then score test images."""
+    """A method: fit on normal images, then score test images; keep and reload what it fitted.
+
+    The kept model (anobench/kept_model.py) holds only what `fit` produced: `trained_state` (the
+    trained networks' tensors, or a memory bank) and `scoring_state` (statistics scoring needs,
+    as tensors or JSON numbers). A frozen backbone is never kept: `create_method` rebuilds it from
+    the config, then `load_state` puts the kept state back.
+    """
 
     def fit(self, train: DataLoader) -> None:
         """Train (or fit statistics) on train/good batches (`batch["image"]` in [0,1])."""
@@ -48,24 +54,40 @@ class Method(Protocol):
     def predict(self, images: Tensor) -> Scores:
         """Score a batch [B, 3, H, W] in [0,1] on the method's device."""
 
+    def trained_state(self) -> dict[str, Tensor]:
+        """What fit() trained: network weights and buffers (or a memory bank), by name."""
+
+    def scoring_state(self) -> dict[str, Any]:
+        """What predict() needs besides: statistics as tensors, sizes as JSON numbers."""
+
+    def load_state(self, trained: dict[str, Tensor], scoring: dict[str, Any]) -> None:
+        """Put a kept trained_state and scoring_state into a freshly created method."""
+
 
 @dataclass(frozen=True)
 class MethodEntry:
     name: str
     config_cls: type
     factory: Callable[[Any, MethodContext], Method]
+    scoring_keys: tuple[str, ...] = ()  # config keys only predict() reads: `anobench rescore`
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register(name: str, config_cls: type) -> Callable[[type], type]:
-    """Class decorator: make a method buildable by name with its config dataclass."""
+def register(
+    name: str, config_cls: type, scoring_keys: tuple[str, ...] = ()
+) -> Callable[[type], type]:
+    """Class decorator: make a method buildable by name with its config dataclass.
+
+    `scoring_keys`: the config keys that only change how a fitted method scores, so a kept
+    model can be re-scored with another value without retraining (`anobench rescore`).
+    """
 
     def decorate(cls: type) -> type:
         if name in _REGISTRY:
             raise RuntimeError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodEntry(name, config_cls, cls)
+        _REGISTRY[name] = MethodEntry(name, config_cls, cls, tuple(scoring_keys))
         return cls
 
     return decorate

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -296,7 +297,7 @@ class HaloAENet(nn.Module):
         return self.classifier(image.flatten(1)), reconstructed, image
 
 
-@register("haloae", HaloAEConfig)
+@register("haloae", HaloAEConfig, scoring_keys=("image_score", "blur_sigma", "blur_size"))
 class HaloAE:
     """Feature reconstruction error, minus its mean over train/good, blurred; image score = mean."""
 
@@ -420,3 +421,18 @@ class HaloAE:
             maps.mean(dim=(1, 2)) if self.cfg.image_score == "mean" else maps.amax(dim=(1, 2))
         )
         return Scores(resize_maps(maps, self.cfg.image_size), image_scores)
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """The whole network (autoencoder, image decoder, classifier); the VGG is rebuilt."""
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
+    def scoring_state(self) -> dict[str, Any]:
+        """The mean train/good feature error map that scoring subtracts."""
+        if self.mean_error is None:
+            raise RuntimeError("HaloAE.scoring_state called before fit")
+        return {"mean_error": self.mean_error}
+
+    def load_state(self, trained: dict[str, Tensor], scoring: dict[str, Any]) -> None:
+        self.net.load_state_dict({k.removeprefix("net."): v for k, v in trained.items()})
+        self.net.eval()
+        self.mean_error = self.hw.to_device(scoring["mean_error"]).float()

@@ -8,6 +8,7 @@ Not a paper reproduction: a fast, training-free method that exercises the whole 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ class KNNConfig:
         )
 
 
-@register("knn", KNNConfig)
+@register("knn", KNNConfig, scoring_keys=("blur_sigma",))
 class KNN:
     """Distance of each test patch to its nearest training patch; image score = max."""
 
@@ -87,3 +88,15 @@ class KNN:
         maps = resize_maps(distances.view(b, h, w), self.cfg.image_size)
         maps = gaussian_blur(maps, self.cfg.blur_sigma)
         return Scores(anomaly_maps=maps, image_scores=maps.amax(dim=(1, 2)))
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """The memory bank: what fit() gathered (the frozen backbone is rebuilt, not kept)."""
+        if self.bank is None:
+            raise RuntimeError("KNN.trained_state called before fit")
+        return {"bank": self.bank}
+
+    def scoring_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, trained: dict[str, Tensor], scoring: dict[str, Any]) -> None:
+        self.bank = self.hw.to_device(trained["bank"]).float()

@@ -347,3 +347,20 @@ class SAAE:
         errors = (reconstruction.float() - features).pow(2).mean(dim=1)  # [B, h, w]
         maps = resize_maps(errors, self.cfg.image_size, align_corners=True)
         return Scores(anomaly_maps=maps, image_scores=maps.amax(dim=(1, 2)))
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """The autoencoder's weights and BatchNorm statistics (the ViT is rebuilt, not kept)."""
+        if self.model is None:
+            raise RuntimeError("SAAE.trained_state called before fit")
+        return {f"model.{k}": v for k, v in self.model.state_dict().items()}
+
+    def scoring_state(self) -> dict[str, Any]:
+        """The latent size the autoencoder was built with (chosen by PCA under `auto`)."""
+        return {"latent_dim": self.latent_dim}
+
+    def load_state(self, trained: dict[str, Tensor], scoring: dict[str, Any]) -> None:
+        self._build(int(scoring["latent_dim"]))
+        assert self.model is not None
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in trained.items()})
+        self.model.eval()
+        self.extractor.eval()

@@ -10,6 +10,7 @@ here every prediction is written back to the position it was asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -298,7 +299,7 @@ def score_maps(maps: Tensor, blur_sigma: float, blur_kernel: int, image_size: in
     return Scores(resize_maps(blurred, image_size), blurred.amax(dim=(1, 2)))
 
 
-@register("stmae", STMAEConfig)
+@register("stmae", STMAEConfig, scoring_keys=("test_splits", "blur_sigma", "blur_kernel"))
 class STMAE:
     """Frozen VGG19 features rebuilt by a Siamese transition MAE; score = feature residual."""
 
@@ -395,3 +396,15 @@ class STMAE:
             maps += anomaly_map(pred, target)
         cfg = self.cfg
         return score_maps(maps / cfg.test_splits, cfg.blur_sigma, cfg.blur_kernel, cfg.image_size)
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """The transition MAE's weights (the VGG is rebuilt, not kept)."""
+        return {f"model.{k}": v for k, v in self.model.state_dict().items()}
+
+    def scoring_state(self) -> dict[str, Any]:
+        # the test-time splits come from a generator seeded with the cell's seed: nothing to keep
+        return {}
+
+    def load_state(self, trained: dict[str, Tensor], scoring: dict[str, Any]) -> None:
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in trained.items()})
+        self.model.eval()
