@@ -29,8 +29,8 @@ demo-all: $(STAMP)  ## demo of every method (3-7 minutes per method on a 2-core 
 	$(VENV)/bin/anobench run -m experiment=demo method=knn,saae,anovit,haloae,stmae hydra/launcher=basic
 	$(VENV)/bin/anobench report results/demo
 
-test: $(STAMP)  ## the test suite (CPU, tiny sizes)
-	$(PY) -m pytest -q
+test: $(STAMP)  ## the test suite (CPU, tiny sizes; one pytest-xdist worker per core)
+	$(PY) -m pytest -q -n auto
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check anobench tests bench hydra_plugins

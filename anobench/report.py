@@ -238,17 +238,19 @@ def report_command(ns: argparse.Namespace) -> int:
             written.append(path)
     if ns.by_defect:
         written += write_defect_tables(records, out_dir, console)
-    console.print(f"wrote {len(written)} files (results.csv, *.md, *.tex) to {out_dir}")
+    console.print(
+        f"wrote {len(written)} files (results.csv, *.md, *.tex) to {out_dir}", soft_wrap=True
+    )
     if ns.figures:
         from anobench.figures import write_figures
 
         figures = write_figures(results_dir, records, frame, out_dir / "figures", console)
-        console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}")
+        console.print(f"wrote {len(figures)} figures to {out_dir / 'figures'}", soft_wrap=True)
     if ns.html:
         from anobench.html_report import write_html_report
 
         path = write_html_report(results_dir, records, frame, published, out_dir, console)
-        console.print(f"wrote {path} (self-contained; open it in a browser)")
+        console.print(f"wrote {path} (self-contained; open it in a browser)", soft_wrap=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,12 @@ import pytest
 import torch
 
 from anobench.data.synthetic import SyntheticSpec, generate
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each computes on one thread (tiny tensors gain
+    # nothing from more, and oversubscribed OpenMP threads spin-wait), runs it starts too.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 TINY_SYNTHETIC = SyntheticSpec(
     image_size=32, n_train=8, n_test_good=4, n_test_defect=6, categories=("weave", "washer")
