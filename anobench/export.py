@@ -27,7 +27,7 @@ from anobench.results import (
 log = logging.getLogger("anobench")
 
 
-def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
+def write_tiff_atomic(path: Path, image: np.ndarray) -> None:
     """Write one TIFF atomically, readable by others (results.write_atomic)."""
     write_atomic(path, lambda handle: tifffile.imwrite(handle, image))
 
@@ -43,7 +43,7 @@ def _tiff_path(out_dir: Path, category: str, image_path: str, maps_file: Path) -
     return out_dir / category / "test" / parts[1] / f"{PurePosixPath(parts[2]).stem}.tiff"
 
 
-def _to_original_size(anomaly_map: np.ndarray, image: Path) -> np.ndarray:
+def to_original_size(anomaly_map: np.ndarray, image: Path) -> np.ndarray:
     """Bilinear resize of a map to its image's original size (the evaluator compares there)."""
     try:
         with Image.open(image) as handle:
@@ -76,8 +76,8 @@ def export_maps(
     for target, path, anomaly_map in zip(targets, paths, maps, strict=True):
         anomaly_map = anomaly_map.astype(np.float32)
         if dataset_root is not None:
-            anomaly_map = _to_original_size(anomaly_map, dataset_root / category / path)
-        _write_tiff_atomic(target, anomaly_map)
+            anomaly_map = to_original_size(anomaly_map, dataset_root / category / path)
+        write_tiff_atomic(target, anomaly_map)
     return len(targets)
 
 
@@ -153,12 +153,21 @@ def export_run_maps(results_dir: Path, out_dir: Path) -> int:
     return count
 
 
-def _check_out_dir(out_dir: Path, dataset_roots: list[Path | None]) -> None:
-    """Refuse an --out inside a dataset the cells read: its TIFFs would sit among the images."""
-    out = out_dir.expanduser().resolve()
-    for root in dataset_roots:
-        if root is not None and out.is_relative_to(root.expanduser().resolve()):
+def check_out_folder(out: Path, folders: list[tuple[Path, str]]) -> None:
+    """Refuse an --out that is a file or lies inside one of `folders` (what, e.g. "the dataset
+    root"): files written there would sit among that folder's images, and a dataset reader
+    would take them for test images on the next run."""
+    resolved = out.expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise AnobenchError(f"--out {out} is a file; give a folder.")
+    for folder, what in folders:
+        if resolved.is_relative_to(folder.expanduser().resolve()):
             raise AnobenchError(
-                f"--out {out_dir} lies inside the dataset root {root}, where the maps would "
-                "mix with the test images; choose a folder outside it."
+                f"--out {out} lies inside {what} {folder}, where the outputs would mix with its "
+                "images; choose a folder outside it."
             )
+
+
+def _check_out_dir(out_dir: Path, dataset_roots: list[Path | None]) -> None:
+    """export-maps: --out must lie outside every dataset the cells read."""
+    check_out_folder(out_dir, [(root, "the dataset root") for root in dataset_roots if root])

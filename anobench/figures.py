@@ -369,7 +369,7 @@ class ClassPictures:
     galleries: list[Gallery]
 
 
-def _outlined(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def outlined(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     if mask is None or not mask.any():
         return image
     edge = ndimage.binary_dilation(mask ^ ndimage.binary_erosion(mask))
@@ -408,7 +408,7 @@ def class_galleries(
                 values = _resize_map(model.maps[model.paths.index(path)], size)
                 scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
                 mask = _load_mask(sample.mask_path, size) if sample.mask_path else None
-                pixels = _outlined(overlay(_load_image(sample.image_path, size), scaled), mask)
+                pixels = outlined(overlay(_load_image(sample.image_path, size), scaled), mask)
                 caption = (
                     f"{path} · score {per_image.scores[index]:.4g} · "
                     f"rank {ranks[index]} of {len(per_image.paths)}"

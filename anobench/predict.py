@@ -27,11 +27,17 @@ from PIL import Image
 from rich.console import Console
 
 from anobench.config import hardware_config
-from anobench.data.mvtec import IMAGE_EXTENSIONS, AnomalyDataset, Sample, _decode, _is_image
+from anobench.data.mvtec import (
+    IMAGE_EXTENSIONS,
+    AnomalyDataset,
+    Sample,
+    decode_image,
+    is_image_file,
+)
 from anobench.data.synthetic import SyntheticSpec, spec_key
 from anobench.errors import AnobenchError
-from anobench.export import _to_original_size, _write_tiff_atomic
-from anobench.figures import _outlined, overlay
+from anobench.export import check_out_folder, to_original_size, write_tiff_atomic
+from anobench.figures import outlined, overlay
 from anobench.hardware import Hardware, create_hardware
 from anobench.kept_model import (
     MODEL_FILE,
@@ -144,7 +150,7 @@ def list_images(arguments: list[Path]) -> list[InputImage]:
                 (
                     p
                     for p in argument.rglob("*")
-                    if _is_image(p)
+                    if is_image_file(p)
                     and not any(part.startswith(".") for part in p.relative_to(argument).parts)
                 ),
                 key=lambda p: p.relative_to(argument).parts,
@@ -185,20 +191,6 @@ def dataset_folder(config: dict[str, Any]) -> Path | None:
     return Path(str(dataset["root"])).expanduser() if dataset.get("root") else None
 
 
-def check_out(out: Path, folders: list[tuple[Path, str]]) -> None:
-    """Refuse an --out that is a file or lies inside one of the folders (its images' places)."""
-    resolved = out.expanduser().resolve()
-    if resolved.exists() and not resolved.is_dir():
-        raise AnobenchError(f"--out {out} is a file; give a folder.")
-    for folder, what in folders:
-        root = folder.expanduser().resolve()
-        if resolved == root or root in resolved.parents:
-            raise AnobenchError(
-                f"--out {out} lies inside {what} {folder}, where the outputs would mix with its "
-                "images; choose a folder outside it."
-            )
-
-
 # --- scoring and writing -------------------------------------------------------------------------
 
 
@@ -213,10 +205,10 @@ def _overlay_pixels(
     mask: np.ndarray | None,
 ) -> np.ndarray:
     """[H, W, 3] uint8: the map in jet over the image, the mask (if any) outlined in green."""
-    image = np.asarray(_decode(image_path, "RGB"), dtype=np.float32) / 255.0
+    image = np.asarray(decode_image(image_path, "RGB"), dtype=np.float32) / 255.0
     low, high = scale if scale is not None else (float(full_map.min()), float(full_map.max()))
     scaled = np.clip((full_map - low) / max(high - low, 1e-12), 0.0, 1.0)
-    pixels = _outlined(overlay(image, scaled), mask)
+    pixels = outlined(overlay(image, scaled), mask)
     return (np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
@@ -228,8 +220,8 @@ def _write_outputs(
     scale: tuple[float, float] | None,
 ) -> None:
     """The TIFF map at the image's size, the overlay PNG and (with a threshold) the mask PNG."""
-    full = _to_original_size(anomaly_map.astype(np.float32), image.path).astype(np.float32)
-    _write_tiff_atomic(out / "maps" / f"{image.name}.tiff", full)
+    full = to_original_size(anomaly_map.astype(np.float32), image.path).astype(np.float32)
+    write_tiff_atomic(out / "maps" / f"{image.name}.tiff", full)
     mask = None
     if thresholds is not None and thresholds.mask is not None:
         mask = full >= thresholds.mask
@@ -331,7 +323,7 @@ def predict_command(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     roots = [(p, "the image folder") for p in arguments if p.is_dir()]
     dataset = dataset_folder(info["config"])
-    check_out(out, [*roots, *([(dataset, "the cell's dataset root")] if dataset else [])])
+    check_out_folder(out, [*roots, *([(dataset, "the cell's dataset root")] if dataset else [])])
     per_image = read_per_image(cell_dir / PER_IMAGE_FILE) if record is not None else None
     thresholds = None
     if rule is not None:

@@ -26,6 +26,7 @@ from anobench.results import (
 from anobench.tables import (
     MODEL_COLUMNS,
     PUBLISHED_DATASET,
+    NamedTable,
     TextTable,
     build_defect_tables,
     build_tables,
@@ -229,13 +230,7 @@ def report_command(ns: argparse.Namespace) -> int:
     for named in build_tables(frame, published, intervals=ns.ci):
         if named.terminal:
             console.print(to_rich(named.table))
-        for suffix, text in (
-            (".md", to_markdown(named.table)),
-            (".tex", to_latex(named.table, named.name)),
-        ):
-            path = out_dir / f"{named.name}{suffix}"
-            write_bytes_atomic(path, text.encode())
-            written.append(path)
+        written += write_table_files(named, out_dir)
     if ns.by_defect:
         written += write_defect_tables(records, out_dir, console)
     console.print(
@@ -254,6 +249,19 @@ def report_command(ns: argparse.Namespace) -> int:
     return 0
 
 
+def write_table_files(named: NamedTable, out_dir: Path) -> list[Path]:
+    """A table as `<name>.md` and `<name>.tex` in out_dir (atomic); the paths written."""
+    paths = []
+    for suffix, text in (
+        (".md", to_markdown(named.table)),
+        (".tex", to_latex(named.table, named.name)),
+    ):
+        path = out_dir / f"{named.name}{suffix}"
+        write_bytes_atomic(path, text.encode())
+        paths.append(path)
+    return paths
+
+
 def write_defect_tables(
     records: list[dict[str, Any]], out_dir: Path, console: Console
 ) -> list[Path]:
@@ -267,13 +275,7 @@ def write_defect_tables(
     written = []
     for named in build_defect_tables(records):
         console.print(to_rich(named.table))
-        for suffix, text in (
-            (".md", to_markdown(named.table)),
-            (".tex", to_latex(named.table, named.name)),
-        ):
-            path = out_dir / f"{named.name}{suffix}"
-            write_bytes_atomic(path, text.encode())
-            written.append(path)
+        written += write_table_files(named, out_dir)
     return written
 
 

@@ -73,7 +73,7 @@ class Sample:
     relative_path: str
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
     # Skip hidden files: macOS copies leave "._000.png" resource forks that are not images.
     return (
         path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -103,7 +103,7 @@ def _images_in(folder: Path, extensions: set[str] | None = None) -> list[Path]:
     return [
         p
         for p in _entries(folder)
-        if _is_image(p) and (extensions is None or p.suffix.lower() in extensions)
+        if is_image_file(p) and (extensions is None or p.suffix.lower() in extensions)
     ]
 
 
@@ -151,7 +151,7 @@ def _masks_by_stem(gt_folder: Path) -> dict[str, Path]:
     if not gt_folder.is_dir():
         return {}
     masks: dict[str, Path] = {}
-    candidates = (p for p in _entries(gt_folder) if _is_image(p) and p.stem.endswith("_mask"))
+    candidates = (p for p in _entries(gt_folder) if is_image_file(p) and p.stem.endswith("_mask"))
     for path in sorted(candidates, key=lambda p: (p.suffix != ".png", p.name)):
         masks.setdefault(path.stem.removesuffix("_mask"), path)
     return masks
@@ -234,7 +234,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _decode(path: Path, mode: str) -> Image.Image:
+def decode_image(path: Path, mode: str) -> Image.Image:
     """Open, fully decode and convert one image file; raise AnobenchError if it is bad."""
     try:
         with Image.open(path) as opened:
@@ -282,7 +282,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         for i, sample in enumerate(
             progress_bar(self.samples, desc="decode", enabled=progress, unit="image")
         ):
-            image = _decode(sample.image_path, "RGB")
+            image = decode_image(sample.image_path, "RGB")
             original_size = image.size
             try:
                 image = image.resize(size, RESIZE_MODES[resize])
@@ -294,7 +294,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
             self.images[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
             if sample.mask_path is None:
                 continue
-            mask = _decode(sample.mask_path, "L")
+            mask = decode_image(sample.mask_path, "L")
             if mask.size != original_size:
                 raise AnobenchError(
                     f"mask {sample.mask_path} has size {mask.size} but image "
