@@ -66,6 +66,8 @@ class HaloAttention(nn.Module):
             [eye.repeat_interleave(self.window, 0), eye.repeat(self.window, 1)], dim=1
         )
         self.register_buffer("key_selectors", selectors, persistent=False)
+        # per map size, dtype and device: the masks and selectors, built once (no kernels/step)
+        self._constants: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
     def key_validity(self, height: int, width: int, device: torch.device) -> Tensor:
         """[n_blocks, W*W] True where a tile's key lies inside the map (not in the padding)."""
@@ -115,22 +117,32 @@ class HaloAttention(nn.Module):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, height: int, width: int) -> Tensor:
         """Softmax attention with relative logits; padded keys get zero weight. -> [N, h, b*b, d]"""
         nh, nw, w = height // self.block, width // self.block, self.window
+        row_mask, col_mask, selectors = self._masks_and_selectors(height, width, q)
         rows, cols = self.relative_logits(q)  # [N, h, b*b, W] each
         # a padded key lies in a window row or column outside the map: push that logit down
-        rows = rows.unflatten(0, (-1, nh, nw)) + self._mask(height, rows)[:, None, None, None]
-        cols = cols.unflatten(0, (-1, nh, nw)) + self._mask(width, cols)[None, :, None, None]
-        query = torch.cat([q, rows.flatten(0, 2), cols.flatten(0, 2)], dim=-1)  # [N,h,b*b,d+2W]
-        selectors = self.key_selectors.to(k.dtype).expand(*k.shape[:2], w * w, 2 * w)
-        key = torch.cat([k, selectors], dim=-1)  # [N, h, W*W, d+2W]
+        rows = (rows.unflatten(0, (-1, nh, nw)) + row_mask).flatten(0, 2)
+        cols = (cols.unflatten(0, (-1, nh, nw)) + col_mask).flatten(0, 2)
+        query = torch.cat([q, rows, cols], dim=-1)  # [N, h, b*b, d+2W]
+        key = torch.cat([k, selectors.expand(*k.shape[:2], w * w, 2 * w)], dim=-1)
         # fused kernels (flash on CUDA and on the CPU) want one head size for q, k and v
         value = F.pad(v, (0, 2 * w))
         out = F.scaled_dot_product_attention(query, key, value, scale=1.0)
         return out[..., : self.dim_head]
 
-    def _mask(self, size: int, like: Tensor) -> Tensor:
-        """[size / block, W]: 0 for window rows inside the map, MASKED_LOGIT outside."""
-        inside = self._inside(size, like.device)
-        return torch.where(inside, 0.0, MASKED_LOGIT).to(like.dtype)
+    def _masks_and_selectors(
+        self, height: int, width: int, like: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Row mask [nh, 1, 1, 1, W], column mask [1, nw, 1, 1, W] (0 inside the map,
+        MASKED_LOGIT outside) and the key selectors [W*W, 2W], in `like`'s dtype and device."""
+        key = (height, width, like.dtype, like.device)
+        if key not in self._constants:
+            rows, cols = (
+                torch.where(self._inside(size, like.device), 0.0, MASKED_LOGIT).to(like.dtype)
+                for size in (height, width)
+            )
+            selectors = self.key_selectors.to(like.device, like.dtype)
+            self._constants[key] = (rows[:, None, None, None], cols[None, :, None, None], selectors)
+        return self._constants[key]
 
     def _compat(self, v: Tensor, height: int, width: int) -> Tensor:
         """The authors' inverted mask in closed form. Interior tiles: every logit is replaced by
