@@ -12,6 +12,7 @@ from bench.gpumodel.gpu import (
     H100_SXM,
     H200_SXM,
     Calibration,
+    foreach_adam,
     gemm_efficiency,
     kernel_seconds,
     simulate,
@@ -165,3 +166,21 @@ def test_split_steps_cuts_at_markers_and_opens_epochs_at_syncs() -> None:
     assert len(trace.steps) == 4 and trace.epoch_starts == [0, 2]
     assert trace.steady is trace.steps[3]  # the last step that does not open an epoch
     assert len(trace.epoch(1)) == 5  # the sync, two memory ops, two markers
+
+
+def test_foreach_adam_moves_three_times_the_fused_bytes_in_more_launches() -> None:
+    params = [torch.nn.Parameter(torch.randn(100, 10)) for _ in range(40)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer = torch.optim.Adam(params, fused=True, weight_decay=1e-5)
+    optimizer.step()  # the state exists from here on
+    fused = next(r for r in _trace(optimizer.step) if r.name == "_fused_adam_")
+    assert fused.tensors == 40 and fused.bytes_read == 40 * (1000 * 16 + 4)
+    unfused = foreach_adam(fused, "l2")
+    kernels = [r for r in unfused if r.kernels]
+    elements = 40 * 1000
+    # grad + wd*param, lerp, mul, addcmul, sqrt, div, add, addcdiv: 21 float32 passes per value
+    assert sum(r.bytes_read + r.bytes_written for r in kernels) == pytest.approx(84 * elements)
+    assert [r.kernels for r in kernels] == [1] * 8  # 40 tensors fit one launch at every depth
+    assert len(unfused) - len(kernels) == 2 * 40  # two bias corrections per tensor on the host
+    assert len(foreach_adam(fused, None)) == len(unfused) - 1

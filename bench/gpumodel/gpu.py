@@ -126,6 +126,50 @@ def launches(record: OpRecord) -> int:
     return record.kernels
 
 
+# torch.optim.adam._multi_tensor_adam (foreach, not capturable), per step: (op, tensor lists,
+# float32 values read + written per parameter element); then bias corrections on the host
+FOREACH_ADAM = (
+    ("_foreach_lerp_", 2, 3),  # exp_avg <- lerp(exp_avg, grad)
+    ("_foreach_mul_", 1, 2),  # exp_avg_sq *= beta2
+    ("_foreach_addcmul_", 3, 3),  # exp_avg_sq += (1 - beta2) grad^2
+    ("_foreach_sqrt", 2, 2),
+    ("_foreach_div_", 1, 2),  # / bias correction
+    ("_foreach_add_", 1, 2),  # + eps
+    ("_foreach_addcdiv_", 3, 4),  # param -= step * exp_avg / denom
+)
+WEIGHT_DECAY = {"l2": ("_foreach_add", 3, 3), "decoupled": ("_foreach_mul_", 1, 2)}
+MAX_TENSORS = {1: 110, 2: 64, 3: 48, 4: 36}  # per multi_tensor_apply launch, by list count
+MAX_ELEMENTS = 65536 * 320  # per launch: chunk size x blocks
+
+
+def foreach_adam(fused: OpRecord, weight_decay: str | None) -> list[OpRecord]:
+    """The multi-tensor (foreach) Adam/AdamW step that does the same work as a fused one.
+
+    The fused op reads param, grad, exp_avg, exp_avg_sq and a step counter per tensor (16 bytes
+    per float32 element + 4 per tensor); the foreach path makes a pass per operation and reads
+    each step counter on the host (two per tensor).
+    """
+    tensors = fused.tensors
+    elements = (fused.bytes_read - 4 * tensors) / 16
+    ops = [WEIGHT_DECAY[weight_decay]] if weight_decay else []
+    records = []
+    for name, lists, values in [*ops, *FOREACH_ADAM]:
+        kernels = max(math.ceil(tensors / MAX_TENSORS[lists]), math.ceil(elements / MAX_ELEMENTS))
+        records.append(
+            OpRecord(
+                name,
+                "optimizer",
+                "memory",
+                bytes_read=4 * elements * (values - 1),
+                bytes_written=4 * elements,
+                kernels=kernels,
+                dtype="float32",
+            )
+        )
+    records += [OpRecord("_get_value", "optimizer", "alloc") for _ in range(2 * tensors)]
+    return records
+
+
 @dataclass(frozen=True)
 class StepTime:
     seconds: float  # steady-state wall time of one pass

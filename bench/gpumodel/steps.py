@@ -3,21 +3,21 @@
 `trace_fit` fits a fresh method on synthetic data under `OpTracer`, on an `EmulatedGPU`
 (hardware=gpu's decisions on the CPU), and marks the end of every optimizer step; `split_steps`
 cuts that trace into steps and finds the epoch boundaries (the loop's once-per-epoch `.item()`).
-`trace_backbone` traces one inference batch of the frozen backbone; `time_cpu_step` times a
-training step for real on the CPU (hardware=cpu).
+`trace_backbone` traces one inference batch of the frozen backbone, `trace_loss_term` one loss
+term alone; `time_cpu_step` times a training step for real on the CPU (hardware=cpu).
 
 Needs bench/ on sys.path (bench/speed.py's bench_plan builds the plans).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from anobench.backbones import create_backbone
@@ -45,44 +45,33 @@ def _plan(method: str, setting: TraceSetting, tmp: Path, gpu: bool) -> RunPlan:
     return bench_plan(method, "paper", "optimised", setting.n_train, tmp, gpu, extra)
 
 
-@contextlib.contextmanager
-def _as_measured(method: str) -> Iterator[None]:
-    """Put back what changed in a method's step since bench/results/speed_h100.md was measured:
-    HaloAE's SSIM was 2 x 11 shifted sums (bench/ssim.py keeps that implementation)."""
-    if method != "haloae":
-        yield
-        return
-    from ssim import shifted_sum_filter, ssim_with  # bench/ssim.py
-
-    from anobench.methods import haloae
-
-    current = haloae.ssim
-    haloae.ssim = ssim_with(shifted_sum_filter)
-    try:
-        yield
-    finally:
-        haloae.ssim = current
-
-
-def trace_fit(
-    method: str, setting: TraceSetting, tmp: Path, as_measured: bool = False
-) -> list[OpRecord]:
-    """Every op of a fit on the emulated GPU, a `step` marker after each optimizer step.
-
-    `as_measured` traces the step as the H100 measurement ran it: multi-tensor instead of fused
-    Adam (fused came later) and, for HaloAE, the shifted-sum SSIM.
-    """
+def trace_fit(method: str, setting: TraceSetting, tmp: Path) -> list[OpRecord]:
+    """Every op of a fit on the emulated GPU, a `step` marker after each optimizer step."""
     plan = _plan(method, setting, tmp, gpu=True)
-    plan = dataclasses.replace(plan, hardware=emulated_gpu(fused_optimizer=not as_measured))
+    plan = dataclasses.replace(plan, hardware=emulated_gpu())
     loader = cell_loader(plan, "train")
     tracer = OpTracer()
     hook = register_optimizer_step_post_hook(lambda *_: tracer.mark("step"))
-    patch = _as_measured(method) if as_measured else contextlib.nullcontext()
     try:
-        with patch, tracer:
+        with tracer:
             timed_fit(plan, loader, setting.epochs)
     finally:
         hook.remove()
+    return tracer.records
+
+
+def trace_loss_term(
+    fn: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], target_first: bool
+) -> list[OpRecord]:
+    """Forward and backward of `1 - fn` on float32 maps, one of them requiring a gradient (as
+    HaloAE's loss calls its SSIM: fn(target, reconstruction) or fn(reconstruction, target))."""
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(shape, generator=generator)
+    reconstruction = (target + 0.1 * torch.rand(shape, generator=generator)).requires_grad_()
+    args = (target, reconstruction) if target_first else (reconstruction, target)
+    tracer = OpTracer()
+    with tracer:
+        (1 - fn(*args)).backward()
     return tracer.records
 
 

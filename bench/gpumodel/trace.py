@@ -83,7 +83,7 @@ class OpRecord:
     dtype: str = ""  # the compute dtype (first floating input)
     shape: str = ""  # the tensor inputs' shapes, for tables
     gemms: list[list[float]] = field(default_factory=list)  # [batch, m, n, k] per GEMM
-    aligned: bool = True  # every GEMM/conv channel dimension a multiple of 8
+    aligned: bool = True  # GEMM n and k / conv channels multiples of 8 (16-byte rows in bf16)
     tensors: int = 0  # tensors a multi-tensor (optimizer) kernel updates
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def describe(func: Any, args: tuple, kwargs: dict, out: Any, backward: bool) -> 
     if name in GEMM_OPS:
         record.kind = "gemm"
         record.gemms = [_gemm_shape(name, args)]
-        record.aligned = _aligned(*record.gemms[0][1:])
+        record.aligned = _aligned(*record.gemms[0][2:])  # n and k: the leading dimensions
     elif name in CONV_OPS:
         record.kind = "conv"
         transposed, groups = bool(args[6]), int(args[8])
