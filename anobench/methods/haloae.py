@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from anobench import training
 from anobench.backbones import create_backbone
 from anobench.errors import AnobenchError, require_positive
+from anobench.methods.aligned_conv import AlignedConv2d, AlignedConvTranspose2d
 from anobench.methods.base import MethodContext, Scores, register
 from anobench.methods.cutpaste import color_jitter, cutpaste_3way
 from anobench.methods.halo_attention import HaloAttention
@@ -197,7 +198,8 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
 class HaloBottleneck(nn.Module):
     """1x1 conv+BN+ReLU -> halo attention -> ReLU -> kxk conv+BN, + shortcut, ReLU.
 
-    The decoder's blocks use transposed convolutions (decoder/HalonetDecoder.py).
+    The decoder's blocks use transposed convolutions (decoder/HalonetDecoder.py). Convolutions
+    compute on channel counts padded to multiples of 8 in 16-bit types (aligned_conv.py).
     """
 
     def __init__(
@@ -214,7 +216,7 @@ class HaloBottleneck(nn.Module):
         mask_compat: bool,
     ) -> None:
         super().__init__()
-        conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+        conv = AlignedConvTranspose2d if transposed else AlignedConv2d
         self.reduce = nn.Sequential(
             conv(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
         )
@@ -237,7 +239,7 @@ def image_decoder(in_ch: int, channels: list[int]) -> nn.Sequential:
     """Reflect-padded 3x3 conv + ReLU layers, x2 nearest upsampling after each of the last two."""
     layers: list[nn.Module] = []
     for i, out_ch in enumerate(channels):
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3), nn.ReLU()]
+        layers += [nn.ReflectionPad2d(1), AlignedConv2d(in_ch, out_ch, 3), nn.ReLU()]
         if i >= len(channels) - 2:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         in_ch = out_ch
@@ -261,7 +263,7 @@ class HaloAENet(nn.Module):
             "mask_compat": cfg.halo_mask_compat,
         }
         self.stem = nn.Sequential(
-            nn.Conv2d(feature_channels, cfg.stem_channels, STEM_KERNEL, bias=False),
+            AlignedConv2d(feature_channels, cfg.stem_channels, STEM_KERNEL, bias=False),
             nn.BatchNorm2d(cfg.stem_channels),
             nn.ReLU(),
         )
