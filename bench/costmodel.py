@@ -118,9 +118,7 @@ def _source_key(source: Path, *parts: str) -> str:
     """A hash of everything a trace depends on: the traced anobench and configs, the tracer."""
     digest = hashlib.sha256()
     files = sorted(source.glob("anobench/**/*.py")) + sorted(source.glob("conf/**/*.yaml"))
-    bench = ROOT / "bench"
-    files += [bench / "gpumodel" / f"{name}.py" for name in ("trace", "autocast", "steps")]
-    files += [bench / "speed.py", bench / "ssim.py"]
+    files += [ROOT / "bench" / "gpumodel" / f"{name}.py" for name in ("trace", "autocast", "steps")]
     for path in files:
         digest.update(path.read_bytes())
     digest.update("|".join([*parts, torch.__version__]).encode())
@@ -265,6 +263,12 @@ def main() -> None:
     parser.add_argument("--methods", default="saae,anovit,haloae,stmae")
     parser.add_argument("--before", default=None, help="base revision (default: merge base)")
     parser.add_argument("--no-cpu-time", action="store_true", help="skip the CPU step timing")
+    parser.add_argument(
+        "--check",
+        type=Path,
+        default=None,
+        help="a bench/speed.py --size paper result: model this tree on that GPU and compare",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/anobench-bench/traces"))
     parser.add_argument("--tmp", default="/tmp/anobench-bench")
@@ -277,6 +281,14 @@ def main() -> None:
         worker(args)
         return
     methods = args.methods.split(",")
+    if args.check:
+        lines = check(args.check, methods, args.cache, Path(args.tmp))
+        publish(
+            "\n".join(lines) + "\n",
+            args.out
+            or args.check.with_name(f"model_check_{args.check.stem.removeprefix('speed_')}.md"),
+        )
+        return
     git = ["git", "-C", str(ROOT)]
     before_rev = (
         args.before
@@ -312,6 +324,51 @@ def main() -> None:
     )
     date = datetime.date.today().isoformat()
     publish("\n".join(lines) + "\n", args.out or ROOT / "bench" / "results" / f"model_{date}.md")
+
+
+def measured_epochs(speed_md: Path) -> tuple[str, dict[str, float]]:
+    """The device line and each method's optimised s/epoch of a bench/speed.py result."""
+    lines = speed_md.read_text().splitlines()
+    device = next(line for line in lines if line.startswith("Device:"))
+    header = next(line for line in lines if line.startswith("| method"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("optimised s/epoch")
+    epochs = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > column and cells[0] in SETTINGS:
+            epochs[cells[0]] = float(cells[column])
+    return device, epochs
+
+
+def check(speed_md: Path, methods: list[str], cache: Path, tmp: Path) -> list[str]:
+    """This tree's modelled epochs on the GPU a speed result names, against its measurement."""
+    device, epochs = measured_epochs(speed_md)
+    gpu = next((spec for key, spec in GPUS.items() if key in device.lower()), None)
+    if gpu is None:
+        raise SystemExit(f"{speed_md}: no GPU model for {device!r}; known: {', '.join(GPUS)}")
+    cal = Calibration()
+    lines = [
+        f"# Cost model against a measurement: {speed_md.name}",
+        "",
+        f"- {device}",
+        f"- modelled: this tree traced on {platform.machine()} ({os.cpu_count()} CPU cores), "
+        f"torch {torch.__version__}, priced as {gpu.name}; {datetime.date.today()}",
+        f"- command: `python bench/costmodel.py --check {speed_md}`",
+        "",
+        "| method | measured unit | measured s | modelled s | model / measured | bound |",
+        "|:--|:--|--:|--:|--:|:--|",
+    ]
+    for m in methods:
+        if m not in epochs:
+            continue
+        model = MethodModel.of(m, records_of(run_worker("trace", m, ROOT, cache, tmp)))
+        modelled = model.measured_unit(gpu, cal)
+        unit = "750 steps" if m == "haloae" else "epoch, 32 images"
+        lines.append(
+            f"| {m} | {unit} | {epochs[m]:.3f} | {modelled:.3f} | "
+            f"**{modelled / epochs[m]:.2f}** | {bound(model.step(gpu, cal))} |"
+        )
+    return lines
 
 
 def report(
