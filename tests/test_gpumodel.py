@@ -14,7 +14,9 @@ from bench.gpumodel.gpu import (
     Calibration,
     foreach_adam,
     gemm_efficiency,
+    hidden_layout_work,
     kernel_seconds,
+    launches,
     simulate,
 )
 from bench.gpumodel.steps import split_steps
@@ -184,3 +186,22 @@ def test_foreach_adam_moves_three_times_the_fused_bytes_in_more_launches() -> No
     assert [r.kernels for r in kernels] == [1] * 8  # 40 tensors fit one launch at every depth
     assert len(unfused) - len(kernels) == 2 * 40  # two bias corrections per tensor on the host
     assert len(foreach_adam(fused, None)) == len(unfused) - 1
+
+
+def test_cuda_layout_copies_around_reflection_padding_are_priced() -> None:
+    # the CPU pads channels-last maps in place of layout; CUDA's kernel copies to NCHW and the
+    # next convolution copies back: two extra passes over input and output
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn(2, 16, 10, 10)
+    records = _trace(lambda: F.pad(x, (1, 1, 1, 1), mode="reflect").backward(grad))
+    pad = next(r for r in records if r.name == "reflection_pad2d")
+    backward = next(r for r in records if r.name == "reflection_pad2d_backward")
+    assert hidden_layout_work(pad) == (2 * 4 * 2 * 16 * (64 + 100), 2)
+    assert hidden_layout_work(backward) == (4 * 4 * 2 * 16 * 100 + 4 * 2 * 16 * 64, 3)
+    cal = Calibration()
+    plain = OpRecord(**{**pad.to_dict(), "name": "constant_pad_nd"})
+    assert launches(pad) == 3 and launches(plain) == 1
+    assert kernel_seconds(pad, H100_SXM, cal) > kernel_seconds(plain, H100_SXM, cal)
+    scalar = _trace(lambda: torch.where(x > 0, x, 1.0))
+    assert [launches(r) for r in scalar if r.name == "scalar_tensor"] == [0]  # a CPU scalar

@@ -84,11 +84,36 @@ def gemm_efficiency(batch: float, m: float, n: float, k: float, sms: int) -> flo
     return best
 
 
+def hidden_layout_work(record: OpRecord) -> tuple[float, int]:
+    """(bytes, kernels) of the layout copies CUDA makes around an op the CPU trace shows alone.
+
+    ATen's CUDA reflection padding (ReflectionPad.cu) and im2col read NCHW-contiguous inputs
+    and write NCHW outputs; under hardware=gpu the maps are channels-last, so each call copies
+    its input to NCHW and the next convolution copies the output back to channels-last (the
+    CPU kernels keep channels-last: no such ops in the trace). Backward: grad_output copied to
+    NCHW, grad_input zero-filled, and the convolution's saved NCHW input re-laid out again.
+    """
+    if record.name == "reflection_pad2d":
+        return 2 * record.bytes_read + 2 * record.bytes_written, 2
+    if record.name == "reflection_pad2d_backward":
+        grad_output = record.bytes_read - record.bytes_written  # read: grad_output and input
+        return 4 * grad_output + record.bytes_written, 3
+    if record.name == "im2col":
+        return 2 * record.bytes_read, 1
+    return 0.0, 0
+
+
+# on CUDA these make a 0-dim CPU tensor (a wrapped Python scalar): no kernel
+HOST_SCALARS = {"scalar_tensor"}
+
+
 def kernel_seconds(record: OpRecord, spec: GPUSpec, cal: Calibration) -> float:
     """Device time of one op's kernels (0 for views, allocations and syncs)."""
-    if record.kernels == 0:
+    if launches(record) == 0:
         return 0.0
-    memory = (record.bytes_read + record.bytes_written) / (spec.bandwidth * cal.bandwidth_fraction)
+    hidden_bytes, hidden_kernels = hidden_layout_work(record)
+    nbytes = record.bytes_read + record.bytes_written + hidden_bytes
+    memory = nbytes / (spec.bandwidth * cal.bandwidth_fraction)
     compute = 0.0
     if _depthwise(record):  # one input channel per group: CUDA cores, no GEMM
         compute = record.flops / (spec.fp32 * cal.gemm_fraction)
@@ -102,7 +127,8 @@ def kernel_seconds(record: OpRecord, spec: GPUSpec, cal: Calibration) -> float:
         for (b, m, n, k), w in zip(record.gemms, work, strict=True):
             share = record.flops * w / total
             compute += share / (peak * fraction * max(gemm_efficiency(b, m, n, k, spec.sms), 1e-3))
-    return max(compute, memory, record.kernels * cal.kernel_min_us * 1e-6)
+    kernels = record.kernels + hidden_kernels
+    return max(compute, memory, kernels * cal.kernel_min_us * 1e-6)
 
 
 def _depthwise(record: OpRecord) -> bool:
@@ -113,17 +139,19 @@ def host_seconds(record: OpRecord, cal: Calibration) -> float:
     """Host time to issue one op in eager mode."""
     if record.kind == "marker":
         return 0.0
-    if record.kernels == 0:
+    if launches(record) == 0:
         return cal.cpu_metadata_us * 1e-6
     first = cal.cpu_backward_us if record.phase == "backward" else cal.cpu_forward_us
-    return (first + (record.kernels - 1) * cal.cpu_extra_kernel_us) * 1e-6
+    return (first + (launches(record) - 1) * cal.cpu_extra_kernel_us) * 1e-6
 
 
 def launches(record: OpRecord) -> int:
     """Kernel launches of an op; a multi-tensor optimizer kernel takes 36 tensors per launch."""
     if record.kind == "optimizer":
         return max(1, math.ceil(record.tensors / 36))
-    return record.kernels
+    if record.kernels == 0 or record.name in HOST_SCALARS:
+        return 0
+    return record.kernels + hidden_layout_work(record)[1]
 
 
 # torch.optim.adam._multi_tensor_adam (foreach, not capturable), per step: (op, tensor lists,
