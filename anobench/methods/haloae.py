@@ -176,14 +176,15 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     and covariance are shift-free). The window is two depthwise convolutions over four maps
     (y_a, y_b, y_a^2 + y_b^2, y_a y_b).
     """
-    a, b = a.float(), b.float()
+    # float32 NCHW: depthwise convolutions on channels-last maps would go to cuDNN (TF32)
+    a, b = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (a, b))
     radius = window // 2
     with torch.autocast(a.device.type, enabled=False):
         taps = gaussian_kernel1d(sigma, window, device=a.device)
         shift = a.detach().mean(dim=(-2, -1), keepdim=True)  # [B, C, 1, 1]
         pad = (radius, radius, radius, radius)
         ya, yb = F.pad(a, pad) - shift, F.pad(b, pad) - shift
-        stacked = torch.cat([ya, yb, ya * ya + yb * yb, ya * yb]).contiguous()
+        stacked = torch.cat([ya, yb, ya * ya + yb * yb, ya * yb])
         mean_a, mean_b, squares, cross = _depthwise_filter(stacked, taps).chunk(4)
     c1, c2 = 0.01**2, 0.03**2
     mu_a, mu_b = mean_a + shift, mean_b + shift

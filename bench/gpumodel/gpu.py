@@ -43,9 +43,11 @@ class Calibration:
     """The model's free parameters (bench/results/model_*.md gives each one's reason)."""
 
     gemm_fraction: float = 0.70  # best large bf16 GEMM / dense peak (cuBLAS on H100 SXM)
+    conv_fraction: float = 0.70  # best large bf16 convolution (cuDNN implicit GEMM) / peak
     attention_fraction: float = 0.35  # fused attention kernels / dense peak at head dim 64+
     unaligned_fraction: float = 0.30  # channels not a multiple of 8: no aligned tensor-core path
     bandwidth_fraction: float = 0.80  # large elementwise / copy kernels / HBM peak
+    layout_fraction: float = 0.80  # CUDA's hidden NCHW <-> channels-last copies / HBM peak
     kernel_min_us: float = 2.5  # shortest kernel, launch to completion, queue already busy
     cpu_forward_us: float = 8.0  # host: Python, dispatcher, autograd record, launch per kernel op
     cpu_backward_us: float = 4.0  # host: autograd engine (C++) per backward kernel op
@@ -112,14 +114,16 @@ def kernel_seconds(record: OpRecord, spec: GPUSpec, cal: Calibration) -> float:
     if launches(record) == 0:
         return 0.0
     hidden_bytes, hidden_kernels = hidden_layout_work(record)
-    nbytes = record.bytes_read + record.bytes_written + hidden_bytes
-    memory = nbytes / (spec.bandwidth * cal.bandwidth_fraction)
+    memory = (record.bytes_read + record.bytes_written) / (spec.bandwidth * cal.bandwidth_fraction)
+    memory += hidden_bytes / (spec.bandwidth * cal.layout_fraction)
     compute = 0.0
     if _depthwise(record):  # one input channel per group: CUDA cores, no GEMM
         compute = record.flops / (spec.fp32 * cal.gemm_fraction)
     elif record.gemms and record.flops:
         peak = _peak(spec, record.dtype)
-        fraction = cal.attention_fraction if record.kind == "attention" else cal.gemm_fraction
+        fraction = {"attention": cal.attention_fraction, "conv": cal.conv_fraction}.get(
+            record.kind, cal.gemm_fraction
+        )
         if not record.aligned and record.dtype in ("bfloat16", "float16"):
             fraction *= cal.unaligned_fraction
         work = [2 * b * m * n * k for b, m, n, k in record.gemms]
