@@ -30,6 +30,7 @@ from anobench.methods.ops import (
     imagenet_normalize,
     resize_maps,
 )
+from anobench.reflect_pad import ReflectionPad2d
 
 FEATURE_STRIDE = 4  # maps are resized to the image size, then averaged over 4x4 blocks
 STEM_KERNEL = 5  # unpadded: 64 -> 60
@@ -240,7 +241,7 @@ def image_decoder(in_ch: int, channels: list[int]) -> nn.Sequential:
     """Reflect-padded 3x3 conv + ReLU layers, x2 nearest upsampling after each of the last two."""
     layers: list[nn.Module] = []
     for i, out_ch in enumerate(channels):
-        layers += [nn.ReflectionPad2d(1), AlignedConv2d(in_ch, out_ch, 3), nn.ReLU()]
+        layers += [ReflectionPad2d(1), AlignedConv2d(in_ch, out_ch, 3), nn.ReLU()]
         if i >= len(channels) - 2:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         in_ch = out_ch

@@ -40,19 +40,19 @@ GPUS = {"h100": H100_SXM, "h200": H200_SXM}
 
 @dataclass(frozen=True)
 class Calibration:
-    """The model's free parameters (bench/results/model_*.md gives each one's reason)."""
+    """The model's free parameters; bench/results/model_*.md gives each one's source and fit."""
 
     gemm_fraction: float = 0.70  # best large bf16 GEMM / dense peak (cuBLAS on H100 SXM)
-    conv_fraction: float = 0.70  # best large bf16 convolution (cuDNN implicit GEMM) / peak
-    attention_fraction: float = 0.35  # fused attention kernels / dense peak at head dim 64+
-    unaligned_fraction: float = 0.30  # channels not a multiple of 8: no aligned tensor-core path
+    conv_fraction: float = 0.45  # best large bf16 convolution (cuDNN) / dense peak: fitted
+    attention_fraction: float = 0.35  # fused attention / dense peak at head dim 64
+    unaligned_fraction: float = 0.30  # 16-bit channels not a multiple of 8: fitted
     bandwidth_fraction: float = 0.80  # large elementwise / copy kernels / HBM peak
-    layout_fraction: float = 0.80  # CUDA's hidden NCHW <-> channels-last copies / HBM peak
+    layout_fraction: float = 0.15  # CUDA's hidden NCHW <-> channels-last copies / HBM: fitted
     kernel_min_us: float = 2.5  # shortest kernel, launch to completion, queue already busy
-    cpu_forward_us: float = 8.0  # host: Python, dispatcher, autograd record, launch per kernel op
-    cpu_backward_us: float = 4.0  # host: autograd engine (C++) per backward kernel op
-    cpu_metadata_us: float = 1.5  # host: a view or allocation (no kernel)
-    cpu_extra_kernel_us: float = 2.5  # host: each further kernel of a multi-kernel op
+    cpu_forward_us: float = 13.0  # host per forward kernel op (measured on a CPU, see results)
+    cpu_backward_us: float = 11.0  # host per backward kernel op (autograd engine), measured
+    cpu_metadata_us: float = 2.0  # host per view or allocation (no kernel), measured
+    cpu_extra_kernel_us: float = 3.0  # host per further kernel of a multi-kernel op
     sync_us: float = 15.0  # a host sync: wait for the queue to drain, then copy and resume
     graph_kernel_us: float = 1.2  # per kernel when the step replays as one CUDA graph
 
