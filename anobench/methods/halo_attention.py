@@ -106,7 +106,7 @@ class HaloAttention(nn.Module):
         if self.mask_compat:
             out = self._compat(v, height, width)
         else:
-            q = self.to_q(pixels) * self.scale  # [B, H, W, h*d]
+            q = self.to_q(pixels)  # [B, H, W, h*d]; scaled inside the attention call
             q = q.reshape(batch, nh, b, nw, b, heads, d).permute(0, 1, 3, 5, 2, 4, 6)
             q = q.reshape(batch * nh * nw, heads, b * b, d)  # [N, h, b*b, d]
             out = self._attend(q, k, v, height, width)
@@ -126,7 +126,8 @@ class HaloAttention(nn.Module):
         key = torch.cat([k, selectors.expand(*k.shape[:2], w * w, 2 * w)], dim=-1)
         # fused kernels (flash on CUDA and on the CPU) want one head size for q, k and v
         value = F.pad(v, (0, 2 * w))
-        out = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        # all logits are linear in q, so SDPA's scale gives (q*s).k + rel(q*s) (masks stay huge)
+        out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
         return out[..., : self.dim_head]
 
     def _masks_and_selectors(
