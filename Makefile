@@ -53,7 +53,7 @@ bench-model: $(STAMP)  ## GPU cost model of each training step, traced on this C
 
 bench-gpu: $(STAMP)  ## on a GPU: paper-size speed -> bench/results/speed_<gpu>.md (then bench-check)
 	@test -n "$(GPU_NAME)" || { echo "bench-gpu needs a CUDA GPU"; exit 1; }
-	$(PY) bench/speed.py --size paper --out bench/results/speed_$(GPU_NAME).md
+	$(PY) bench/speed.py --size paper --epochs 3 --out bench/results/speed_$(GPU_NAME).md
 
 bench-check: $(STAMP)  ## cost model vs a GPU measurement (SPEED=bench/results/speed_<gpu>.md), any CPU
 	$(PY) bench/costmodel.py --check $(or $(SPEED),bench/results/speed_h100.md)
