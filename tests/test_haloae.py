@@ -24,6 +24,7 @@ from anobench.methods.cutpaste import cutpaste_3way, cutpaste_normal, cutpaste_s
 from anobench.methods.halo_attention import HaloAttention  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig, HaloAENet, loss_weights, ssim  # noqa: E402
 from anobench.methods.ops import imagenet_normalize  # noqa: E402
+from bench.gpumodel.autocast import cuda_autocast  # noqa: E402
 from bench.gpumodel.trace import OpTracer  # noqa: E402
 from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 from tests.reference_haloae import explicit_halo_attention, float64_ssim  # noqa: E402
@@ -216,6 +217,24 @@ def test_halo_attention_equals_the_explicit_form(
         # compat: to_q and the relative tables never reach the output (gradient 0 before, none now)
         new = torch.zeros_like(old) if new is None else new
         torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5 * old.abs().max().item())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_halo_attention_in_bf16_is_as_close_to_float32_as_the_explicit_form() -> None:
+    """bf16 tolerance: 8 significant bits round q, k, v and the output projection's input at
+    2^-9 (0.2%) each, so ~0.5% of the output scale; the fused form (float32 logits inside the
+    kernel) must be within 1% and no worse than the explicit form, which rounds the logits too."""
+    torch.manual_seed(0)
+    attn = HaloAttention(29, 8, 16, block_size=12, halo_size=2)
+    x = torch.randn(2, 29, 24, 36)
+    with torch.no_grad():
+        exact = attn(x)
+        with cuda_autocast():  # CUDA autocast's dtypes, replayed on the CPU
+            fused, explicit = attn(x).float(), explicit_halo_attention(attn, x).float()
+    scale = exact.abs().max()
+    fused_error = (fused - exact).abs().max() / scale
+    explicit_error = (explicit - exact).abs().max() / scale
+    assert fused_error < 0.01 and fused_error <= 1.1 * explicit_error
 
 
 @pytest.mark.usefixtures("one_torch_thread")
