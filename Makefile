@@ -51,6 +51,19 @@ bench-intervals: $(STAMP)  ## per-cell intervals and per-defect metrics: seconds
 bench-dry-run: $(STAMP)  ## wall time of dry_run=true at the paper setting, per method
 	$(PY) bench/dry_run.py
 
+.PHONY: bench-model bench-gpu bench-check
+GPU_NAME = $(shell $(PY) -c "import torch; print(torch.cuda.get_device_name(0).split()[1].lower())" 2>/dev/null)
+
+bench-model: $(STAMP)  ## GPU cost model of each training step, traced on this CPU (before/after the merge base)
+	$(PY) bench/costmodel.py
+
+bench-gpu: $(STAMP)  ## on a GPU: paper-size speed -> bench/results/speed_<gpu>.md (then bench-check)
+	@test -n "$(GPU_NAME)" || { echo "bench-gpu needs a CUDA GPU"; exit 1; }
+	$(PY) bench/speed.py --size paper --epochs 3 --out bench/results/speed_$(GPU_NAME).md
+
+bench-check: $(STAMP)  ## cost model vs a GPU measurement (SPEED=bench/results/speed_<gpu>.md), any CPU
+	$(PY) bench/costmodel.py --check $(or $(SPEED),bench/results/speed_h100.md)
+
 bench: $(STAMP)  ## speed: naive vs optimised training per method, side by side
 	$(PY) bench/speed.py
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from anobench.errors import AnobenchError
+from anobench.reflect_pad import reflect_pad2d
 
 
 @dataclass
@@ -151,10 +153,18 @@ def create_model(cfg: BackboneConfig, image_size: int | None = None) -> nn.Modul
             )
         for module in model.modules():
             if isinstance(module, nn.Conv2d) and module.padding != (0, 0):
-                module.padding_mode = cfg.padding_mode
+                if cfg.padding_mode == "reflect":  # the same padding, channels-last kept
+                    module.register_forward_pre_hook(partial(_reflect, padding=module.padding))
+                    module.padding = (0, 0)
+                else:
+                    module.padding_mode = cfg.padding_mode
     if cfg.layer_norm_eps is not None:
         set_layer_norm_eps(model, cfg.layer_norm_eps)
     return model
+
+
+def _reflect(_module: nn.Module, args: tuple, padding: tuple[int, int]) -> tuple:
+    return (reflect_pad2d(args[0], padding), *args[1:])
 
 
 def set_layer_norm_eps(model: nn.Module, eps: float) -> None:

@@ -1,8 +1,9 @@
-"""Benchmark: HaloAE's SSIM (banded-matrix Gaussian window) against 2 x 11 shifted sums.
+"""Benchmark: HaloAE's SSIM (centred float32, depthwise window) against 2 x 11 shifted sums.
 
 Run as `python bench/ssim.py [--device cuda]`; times forward + backward of the feature SSIM at the
 demo and paper shapes side by side and writes bench/results/ssim_<device>.md. The shifted-sum
-filter here is the implementation anobench used before (float32, elementwise).
+filter here is the first implementation anobench used (float32, elementwise); the GPU cost
+model (bench/costmodel.py) reuses it to price the step as it was when speed_h100.md was measured.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def main() -> None:
             f"**{timings[0] / timings[1]:.1f}x** | {abs(values[0] - values[1]):.1e} |"
         )
     lines = [
-        f"# HaloAE SSIM: banded-matrix window vs shifted sums ({device.type})",
+        f"# HaloAE SSIM: depthwise window vs shifted sums ({device.type})",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {name}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
@@ -101,7 +102,8 @@ def main() -> None:
         "- forward + backward of 1 - SSIM (11-tap Gaussian, sigma 1.5, zero padding) on one "
         "batch, best of the repeats; the training loss takes it on the features and the image",
         "",
-        "| input | shape | shifted sums ms | banded matrices ms | speed-up | abs diff of SSIM |",
+        "| input | shape | shifted sums ms | depthwise (anobench) ms | speed-up "
+        "| abs diff of SSIM |",
         "|:--|:--|--:|--:|--:|--:|",
         *rows,
         "",

@@ -28,6 +28,7 @@ from anobench.methods.anovit import (
     split_indices,
 )
 from anobench.training import train
+from bench.gpumodel.trace import OpTracer
 from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -363,3 +364,20 @@ def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
 def test_create_method_by_name() -> None:
     method = create_method("anovit", AnoViTConfig(image_size=32), _context(depth=1))
     assert isinstance(method, AnoViT)
+
+
+def test_a_later_improvement_copies_the_best_weights_in_one_multi_tensor_copy() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    validate = _Scripted(model[0], [1.0, 0.5])
+    hook = EarlyStopping(model, validate, patience=2)
+    hook(0, 0.0)
+    kept = hook.best_state
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    tracer = OpTracer()
+    with tracer:
+        hook(1, 0.0)
+    names = [record.name for record in tracer.records if record.kernels]
+    # the scripted validation's own record of the weight, then one copy (not one per tensor)
+    assert names == ["clone", "_foreach_copy_"]
+    assert hook.best_state is kept and torch.equal(kept["0.weight"], model[0].weight)

@@ -12,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -27,6 +28,7 @@ from anobench.methods.stmae import (
     SiameseTransitionMAE,
     STMAEConfig,
     anomaly_map,
+    cosine_similarity,
     epoch_batches,
     random_split,
     score_maps,
@@ -402,3 +404,21 @@ def test_demo_run_detects_anomalies(tmp_path: Path) -> None:
     # 0.7 is well above chance (0.5) and 9 of the 60 good/defect pairs below what seed 0 gives.
     assert record["metrics"]["image_auroc"] > 0.7
     assert record["metrics"]["pixel_auroc"] > 0.8  # observed 0.985
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_cosine_similarity_equals_torch_with_its_gradients(dim: int) -> None:
+    torch.manual_seed(0)
+    a = (torch.randn(4, 96, 5) + 0.5).requires_grad_()
+    b = (a.detach() + 0.3 * torch.randn_like(a)).requires_grad_()
+    ours, reference = cosine_similarity(a, b, dim), F.cosine_similarity(a, b, dim=dim)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-7)
+    grad = torch.randn_like(ours)
+    for mine, theirs in zip(
+        torch.autograd.grad(ours, [a, b], grad),
+        torch.autograd.grad(reference, [a, b], grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    zero = torch.zeros(2, 3)  # the eps clamp: 0 / eps^2 = 0, as torch's
+    assert torch.equal(cosine_similarity(zero, zero, 1), F.cosine_similarity(zero, zero, dim=1))

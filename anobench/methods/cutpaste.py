@@ -50,7 +50,8 @@ def _rgb_to_hsv(images: Tensor) -> Tensor:
 
 def _hsv_to_rgb(hsv: Tensor) -> Tensor:
     hue, saturation, value = (t.unsqueeze(1) for t in hsv.unbind(dim=1))
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    # [5, 3, 1], made on the device (a tensor from a Python list would be a blocking copy)
+    n = torch.arange(5.0, 0.0, -2.0, device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
     k = torch.remainder(n + hue * 6.0, 6.0)
     return value - value * saturation * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 

@@ -19,16 +19,20 @@ from torch.utils.data import DataLoader
 from anobench import training
 from anobench.backbones import create_backbone
 from anobench.errors import AnobenchError, require_positive
+from anobench.methods.aligned_conv import AlignedConv2d, AlignedConvTranspose2d
 from anobench.methods.base import MethodContext, Scores, register
 from anobench.methods.cutpaste import color_jitter, cutpaste_3way
 from anobench.methods.halo_attention import HaloAttention
 from anobench.methods.ops import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     gaussian_kernel1d,
     imagenet_normalize,
     opencv_gaussian_kernel1d,
     resize_maps,
     separable_blur,
 )
+from anobench.reflect_pad import ReflectionPad2d
 
 FEATURE_STRIDE = 4  # maps are resized to the image size, then averaged over 4x4 blocks
 STEM_KERNEL = 5  # unpadded: 64 -> 60
@@ -156,35 +160,43 @@ def loss_weights(epoch: int, schedules: list[list[float]]) -> list[float]:
     return [w / total for w in raw]
 
 
-def _band_matrix(taps: Tensor, size: int) -> Tensor:
-    """[size, size] M with (x @ M)[j] = sum_k taps[k] x[j + k - r]: a zero-padded 1-D filter."""
-    radius = len(taps) // 2
-    position = torch.arange(size, device=taps.device)
-    offset = position[:, None] - position[None, :] + radius  # row: input i, column: output j
-    inside = (offset >= 0) & (offset < len(taps))
-    return torch.where(inside, taps[offset.clamp(0, len(taps) - 1)], 0.0)
+def _depthwise_filter(maps: Tensor, taps: Tensor) -> Tensor:
+    """maps [N, C, H + k - 1, W + k - 1] -> [N, C, H, W]: the separable window, valid positions.
+
+    Depthwise float32 convolutions on contiguous maps run CUDA's direct depthwise kernel (full
+    float32, never TF32) and oneDNN's on a CPU.
+    """
+    channels, size = maps.shape[1], taps.numel()
+    row = taps.view(1, 1, 1, size).expand(channels, 1, 1, size).contiguous()
+    out = F.conv2d(maps, row, groups=channels)
+    return F.conv2d(out, row.view(channels, 1, size, 1), groups=channels)
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of [B, C, H, W] maps: Gaussian window, C1=0.01^2, C2=0.03^2, zero padding.
 
-    The separable window is two banded matrix products in float64: exact whatever TF32/autocast
-    settings are on (the variances are differences of filtered squares) and ~3x faster than
-    2 x 11 shifted sums on a CPU (bench/ssim.py).
+    Float32 throughout, exact whatever TF32/autocast settings are on: each map is shifted by
+    its mean c (the zero padding becomes -c), so the variances E[y^2] - E[y]^2 are taken of
+    centred values and do not cancel (the shift changes no statistic: mu = E[y] + c, variances
+    and covariance are shift-free). The window is two depthwise convolutions over four maps
+    (y_a, y_b, y_a^2 + y_b^2, y_a y_b).
     """
-    a, b = a.float(), b.float()
-    height, width = a.shape[-2:]
-    # taps built on the device: no host-to-device copy per training step
-    taps = gaussian_kernel1d(sigma, window, device=a.device, dtype=torch.float64)
-    rows = _band_matrix(taps, height)
-    cols = rows if width == height else _band_matrix(taps, width)
+    # float32 NCHW: depthwise convolutions on channels-last maps would go to cuDNN (TF32)
+    a, b = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (a, b))
+    radius = window // 2
     with torch.autocast(a.device.type, enabled=False):
-        stacked = torch.stack([a, b, a * a, b * b, a * b]).double()
-        mu_a, mu_b, aa, bb, ab = (rows.T @ stacked @ cols).float()
-    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
+        taps = gaussian_kernel1d(sigma, window, device=a.device)
+        shift = a.detach().mean(dim=(-2, -1), keepdim=True)  # [B, C, 1, 1]
+        pad = (radius, radius, radius, radius)
+        ya, yb = F.pad(a, pad) - shift, F.pad(b, pad) - shift
+        stacked = torch.cat([ya, yb, ya * ya + yb * yb, ya * yb])
+        mean_a, mean_b, squares, cross = _depthwise_filter(stacked, taps).chunk(4)
     c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    mu_a, mu_b = mean_a + shift, mean_b + shift
+    numerator_mu = 2 * mu_a * mu_b + c1
+    centred = mean_a - mean_b
+    value = (numerator_mu * (2 * (cross - mean_a * mean_b) + c2)) / (
+        (centred * centred + numerator_mu) * (squares - mean_a * mean_a - mean_b * mean_b + c2)
     )
     return value.mean()
 
@@ -192,7 +204,8 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
 class HaloBottleneck(nn.Module):
     """1x1 conv+BN+ReLU -> halo attention -> ReLU -> kxk conv+BN, + shortcut, ReLU.
 
-    The decoder's blocks use transposed convolutions (decoder/HalonetDecoder.py).
+    The decoder's blocks use transposed convolutions (decoder/HalonetDecoder.py). Convolutions
+    compute on channel counts padded to multiples of 8 in 16-bit types (aligned_conv.py).
     """
 
     def __init__(
@@ -209,7 +222,7 @@ class HaloBottleneck(nn.Module):
         mask_compat: bool,
     ) -> None:
         super().__init__()
-        conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+        conv = AlignedConvTranspose2d if transposed else AlignedConv2d
         self.reduce = nn.Sequential(
             conv(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
         )
@@ -232,7 +245,7 @@ def image_decoder(in_ch: int, channels: list[int]) -> nn.Sequential:
     """Reflect-padded 3x3 conv + ReLU layers, x2 nearest upsampling after each of the last two."""
     layers: list[nn.Module] = []
     for i, out_ch in enumerate(channels):
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3), nn.ReLU()]
+        layers += [ReflectionPad2d(1), AlignedConv2d(in_ch, out_ch, 3), nn.ReLU()]
         if i >= len(channels) - 2:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         in_ch = out_ch
@@ -256,7 +269,7 @@ class HaloAENet(nn.Module):
             "mask_compat": cfg.halo_mask_compat,
         }
         self.stem = nn.Sequential(
-            nn.Conv2d(feature_channels, cfg.stem_channels, STEM_KERNEL, bias=False),
+            AlignedConv2d(feature_channels, cfg.stem_channels, STEM_KERNEL, bias=False),
             nn.BatchNorm2d(cfg.stem_channels),
             nn.ReLU(),
         )
@@ -310,6 +323,11 @@ class HaloAE:
         self.net = self.hw.prepare(HaloAENet(cfg, channels))
         self.forward = self.hw.maybe_compile(self.net)
         self.train_images: Tensor | None = None  # [N, 3, S, S] on the device
+        # built once on the device: a tensor from Python numbers per step is a blocking copy
+        self.image_mean, self.image_std = (
+            torch.tensor(values, device=self.hw.device).view(1, 3, 1, 1)
+            for values in (IMAGENET_MEAN, IMAGENET_STD)
+        )
         self.mean_error: Tensor | None = None  # [s, s] mean train/good feature error
 
     @torch.no_grad()
@@ -347,7 +365,7 @@ class HaloAE:
             scar_rotation=cfg.scar_rotation,
             jitter=cfg.patch_jitter,
         )
-        images = imagenet_normalize(batch.images)
+        images = (batch.images - self.image_mean) / self.image_std  # = imagenet_normalize
         # the frozen VGG runs on every augmented batch: features of random augmentations can't be
         # cached (the mean train/good error map, un-augmented, is computed once after training)
         features = self.features(images)

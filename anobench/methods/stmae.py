@@ -265,6 +265,13 @@ class SiameseTransitionMAE(nn.Module):
         return self.head(grid)  # [B, C, H, W]
 
 
+def cosine_similarity(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    """F.cosine_similarity's value, a.b / (max(|a|, eps) max(|b|, eps)), from three reductions:
+    ATen normalises both inputs first, two more full-size passes forward and backward."""
+    dot = (a * b).sum(dim)
+    return dot / (a.norm(dim=dim).clamp_min(eps) * b.norm(dim=dim).clamp_min(eps))
+
+
 def stmae_loss(
     pred: Tensor, target: Tensor, cos_weight: float, cosine: str, patch_size: int
 ) -> Tensor:
@@ -272,13 +279,13 @@ def stmae_loss(
     pred, target = pred.float(), target.float()
     mse = F.mse_loss(pred, target)
     if cosine == "sample":  # the public code: one cosine over each sample's flattened map
-        similarity = F.cosine_similarity(pred.flatten(1), target.flatten(1), dim=1)
+        similarity = cosine_similarity(pred.flatten(1), target.flatten(1), dim=1)
     elif cosine == "token":  # one cosine per patch token (C * p * p values)
-        similarity = F.cosine_similarity(
+        similarity = cosine_similarity(
             F.pixel_unshuffle(pred, patch_size), F.pixel_unshuffle(target, patch_size), dim=1
         )
     else:  # one cosine per feature position over the channels, as the score
-        similarity = F.cosine_similarity(pred, target, dim=1)
+        similarity = cosine_similarity(pred, target, dim=1)
     return mse + cos_weight * (1 - similarity).mean()
 
 
