@@ -241,7 +241,8 @@ def check_cell(
         )
     reason = mismatch(record, identity, references)
     if reason is not None:
-        files = tuple((name, "superseded") for name in (METRICS_FILE, MAPS_FILE, *MODEL_FILES))
+        superseded = (METRICS_FILE, MAPS_FILE, PER_IMAGE_FILE, *MODEL_FILES)
+        files = tuple((name, "superseded") for name in superseded)
         return CellCheck(False, f"{cell_dir / METRICS_FILE} is another setting's: {reason}", files)
     maps = cell_dir / MAPS_FILE
     damaged = maps_problem(maps) if maps.exists() else None

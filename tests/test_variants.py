@@ -288,3 +288,35 @@ def test_progress_is_a_bar_in_a_terminal_and_lines_elsewhere(caplog) -> None:
     assert lines[0] == "train: 12/40 epoch (30%), loss=0.083"
     assert lines[-1].startswith("train: 40/40 epoch (100%)")
     assert len(lines) == 8 and not any("\r" in line for line in lines)
+
+
+def test_a_record_of_other_data_is_set_aside_with_its_maps_and_per_image_scores(
+    tmp_path: Path, tire_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "R"
+    args = [
+        "run",
+        "method=knn",
+        "category=[tire]",
+        f"dataset.root={tire_root}",
+        "method.image_size=64",
+        "backbone.pretrained=false",
+        "latency_repeats=0",
+        "progress=false",
+        f"results_dir={results}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    assert main(args) == 0
+    (cell,) = [p.parent for p in results.rglob("metrics.json")]
+    first = json.loads((cell / "metrics.json").read_text())
+    train = tire_root / "tire" / "train" / "good"
+    image = sorted(train.iterdir())[0]
+    (train / f"extra{image.suffix}").write_bytes(image.read_bytes())  # the file list changed
+
+    assert main(args) == 0
+    assert "done already, skipped" not in capsys.readouterr().out
+    for name in ("metrics.json", "maps.npz", "per_image.npz"):
+        assert (cell / f"{name}.superseded").is_file(), name
+        assert (cell / name).is_file(), name  # recomputed
+    second = json.loads((cell / "metrics.json").read_text())
+    assert first["identity"]["hash"] != second["identity"]["hash"]
