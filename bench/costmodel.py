@@ -120,6 +120,8 @@ SETTINGS = {  # method: (training images, epochs, overrides) of the traced fit
     "anovit": (32, 2, ()),
     "haloae": (4, 1, ("method.samples_per_epoch=8",)),
 }
+COMPILED_METHODS = ("haloae",)  # traced as hardware.compile=true runs them (fusion.py)
+FUSION_SOURCE = Path("bench/gpumodel/fusion.py")
 CPU_TIME_SETTING = (4, 1, ("method.samples_per_epoch=4",))  # HaloAE: one step per epoch
 
 
@@ -140,6 +142,11 @@ def worker(args: argparse.Namespace) -> None:
         )
     elif args.worker == "backbone":
         result = [r.to_dict() for r in steps.trace_backbone(args.method, tmp)]
+    elif args.worker == "fused":  # as hardware.compile=true runs it: Inductor's kernels
+        from bench.gpumodel.fusion import trace_fit_fused
+
+        setting = steps.TraceSetting(*SETTINGS[args.method])
+        result = [r.to_dict() for r in trace_fit_fused(args.method, setting, tmp)]
     elif args.worker == "ssim":  # HaloAE's two SSIM terms, shifted sums and the source's own
         from ssim import shifted_sum_filter, ssim_with  # bench/ssim.py
 
@@ -399,6 +406,12 @@ def main() -> None:
     def run(kind: str, method: str, source: Path, tag: str = "") -> object:
         return run_worker(kind, method, source, args.cache, tmp, tag)
 
+    fusion_tag = "-" + hashlib.sha256((ROOT / FUSION_SOURCE).read_bytes()).hexdigest()[:8]
+    compiled = {
+        m: MethodModel.of(m, records_of(run("fused", m, ROOT, tag=fusion_tag)))
+        for m in methods
+        if m in COMPILED_METHODS
+    }
     models = {
         (m, which): MethodModel.of(m, records_of(run("trace", m, src)))
         for m in methods
@@ -418,7 +431,15 @@ def main() -> None:
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     host = measure_host_cost()
     lines = report(
-        methods, models, backbones, ssim_terms, cpu_times, before_rev, head.stdout.strip(), host
+        methods,
+        models,
+        compiled,
+        backbones,
+        ssim_terms,
+        cpu_times,
+        before_rev,
+        head.stdout.strip(),
+        host,
     )
     date = datetime.date.today().isoformat()
     publish("\n".join(lines) + "\n", args.out or ROOT / "bench" / "results" / f"model_{date}.md")
@@ -472,6 +493,7 @@ def check(speed_md: Path, methods: list[str], cache: Path, tmp: Path) -> list[st
 def report(
     methods: list[str],
     models: dict[tuple[str, str], MethodModel],
+    compiled: dict[str, MethodModel],
     backbones: dict[str, list[OpRecord]],
     ssim_terms: dict[str, list[OpRecord]] | None,
     cpu_times: dict[str, list[float]],
