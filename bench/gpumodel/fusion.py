@@ -58,11 +58,9 @@ REDUCTIONS = {
     "nll_loss_forward",
     "nll_loss2d_forward",
     "mse_loss",
-    "native_batch_norm_backward",
-    "native_layer_norm_backward",
-    "native_group_norm_backward",
 }
-# a statistics reduction, then a pointwise part that fuses with its consumers: two kernels
+# a statistics reduction, then a pointwise part (that fuses with its consumers) re-reading the
+# input: two kernels
 NORMS = {
     "native_batch_norm",
     "_native_batch_norm_legit",
@@ -70,7 +68,11 @@ NORMS = {
     "_native_batch_norm_legit_no_training",
     "native_layer_norm",
     "native_group_norm",
+    "native_batch_norm_backward",
+    "native_layer_norm_backward",
+    "native_group_norm_backward",
 }
+PERSISTENT_ROWS = 1024  # Inductor's persistent reductions on CUDA: rows up to this many elements
 Access = list[tuple[int, int]]  # (buffer id, bytes)
 
 
@@ -81,6 +83,7 @@ class BufferTracer(OpTracer):
         super().__init__()
         self.reads: list[Access] = []
         self.writes: list[Access] = []
+        self.sizes: list[tuple[int, int]] = []  # (largest input, largest output) elements
         self._ids: dict[int, int] = {}  # storage address -> id of the buffer living there
         self._next = 0
 
@@ -111,12 +114,20 @@ class BufferTracer(OpTracer):
             writes += [(self._id(t, False), footprint(t)) for t in written]
         self.reads.append(reads if record.kind not in ("view", "alloc") else [])
         self.writes.append(writes if record.kind not in ("view", "alloc") else [])
+        outputs = _tensors(out)
+        self.sizes.append(
+            (
+                max((t.numel() for t in inputs), default=0),
+                max((t.numel() for t in outputs), default=0),
+            )
+        )
         return out
 
     def mark(self, name: str) -> None:
         super().mark(name)
         self.reads.append([])
         self.writes.append([])
+        self.sizes.append((0, 0))
 
 
 def _generated(record: OpRecord) -> bool:
@@ -126,46 +137,79 @@ def _generated(record: OpRecord) -> bool:
     ) and not record.name.startswith(("_fused_", "_foreach_"))
 
 
-def _kernels(ops: list[int], records: Sequence[OpRecord]) -> list[list[int]]:
-    """Split a run of generated ops (indices) into kernels at reductions."""
+def _kernels(
+    ops: list[int],
+    records: Sequence[OpRecord],
+    sizes: Sequence[tuple[int, int]],
+    persistent_rows: int,
+) -> list[list[int]]:
+    """Split a run of generated ops (indices) into kernels.
+
+    A kernel is one loop over one iteration space: an op over another number of elements
+    starts a new kernel, except the pointwise epilogue of a reduction over its result's
+    elements. A reduction ends its kernel unless it is persistent (rows of at most
+    `persistent_rows` elements: Triton keeps the row in registers, so full-size consumers such
+    as softmax's normalisation stay in the kernel).
+    """
     kernels: list[list[int]] = []
     current: list[int] = []
+    space = 0  # elements the current kernel iterates over
+    epilogue = 0  # after a non-persistent reduction: its result's elements
+
+    def close() -> None:
+        nonlocal current, space, epilogue
+        if current:
+            kernels.append(current)
+        current, space, epilogue = [], 0, 0
+
     for index in ops:
         name = records[index].name
+        inputs, outputs = sizes[index]
         if name in NORMS:  # statistics: a kernel of their own, then the pointwise part
-            if current:
-                kernels.append(current)
+            close()
             kernels.append([index])
-            current = [index]
+            current, space = [index], outputs
             continue
+        reduction = name in REDUCTIONS
+        elements = inputs if reduction else outputs
+        if current and elements != space and not (epilogue and elements == epilogue):
+            close()
+        if epilogue and elements == epilogue:
+            space, epilogue = epilogue, 0
         current.append(index)
-        if name in REDUCTIONS:
+        space = space or elements
+        if reduction and outputs < inputs:
+            if inputs // max(outputs, 1) <= persistent_rows:
+                continue
             kernels.append(current)
-            current = []
-    if current:
-        kernels.append(current)
+            current, space, epilogue = [], 0, outputs
+    close()
     return kernels
 
 
 def fuse(
-    records: Sequence[OpRecord], reads: Sequence[Access], writes: Sequence[Access]
+    records: Sequence[OpRecord],
+    reads: Sequence[Access],
+    writes: Sequence[Access],
+    sizes: Sequence[tuple[int, int]],
+    persistent_rows: int = PERSISTENT_ROWS,
 ) -> list[OpRecord]:
-    """The trace as the kernels Inductor would run (markers and extern ops kept in place)."""
+    """The trace as the kernels Inductor would run (markers and extern ops kept in place);
+    `persistent_rows=0` for Inductor's CPU backend, which has no persistent reductions."""
     last_read: dict[int, int] = {}
-    born: dict[int, int] = {}
-    for position, accesses in enumerate(reads):
-        for buffer, _ in accesses:
+    born: dict[int, int] = {}  # where a buffer is first written; -1: it existed before
+    for position, (read, written) in enumerate(zip(reads, writes, strict=True)):
+        for buffer, _ in read:
             last_read[buffer] = position
             born.setdefault(buffer, -1)
-    for position, accesses in enumerate(writes):
-        for buffer, _ in accesses:
+        for buffer, _ in written:
             born.setdefault(buffer, position)
     out: list[OpRecord] = []
     run: list[int] = []
     phase = ""
 
     def flush() -> None:
-        for kernel in _kernels(run, records):
+        for kernel in _kernels(run, records, sizes, persistent_rows):
             out.append(_kernel_record(kernel, records, reads, writes, last_read, born))
         run.clear()
 
@@ -210,7 +254,9 @@ def _kernel_record(
                 # the statistics kernel writes per-channel values only; the normalised map is
                 # the next kernel's
                 continue
-            if last_read.get(buffer, -1) > end or born.get(buffer, -1) < kernel[0]:
+            read_later = last_read.get(buffer, -1) > end
+            output = buffer not in last_read and index == end  # the computation's result
+            if read_later or output or born.get(buffer, -1) < kernel[0]:
                 write_bytes[buffer] = max(write_bytes.get(buffer, 0), size)
     first = records[kernel[0]]
     names = "+".join(dict.fromkeys(records[i].name for i in kernel))
@@ -244,4 +290,4 @@ def trace_fit_fused(method: str, setting: TraceSetting, tmp: Path) -> list[OpRec
     finally:
         hook.remove()
         cutpaste.order_on_device = compiled_path
-    return fuse(tracer.records, tracer.reads, tracer.writes)
+    return fuse(tracer.records, tracer.reads, tracer.writes, tracer.sizes)

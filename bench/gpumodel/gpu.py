@@ -10,6 +10,7 @@ is done; a sync makes the host wait for the device. The step time is that queue'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ class Calibration:
     # host per kernel of torch.compile's generated wrapper (no op dispatch, autograd or
     # allocation per op): the 3 us of a further kernel of an op, x 2.5 as above
     compiled_kernel_us: float = 7.5
+    # bytes Inductor's generated kernels move / bytes fusion.py predicts, on the small HaloAE
+    # step of bench/gpumodel/inductor_check.py (Inductor's CPU scheduler): fitted
+    fused_bytes_factor: float = 1.5
 
 
 def _peak(spec: GPUSpec, dtype: str) -> float:
@@ -216,6 +220,17 @@ class StepTime:
     syncs: int
     flops: float
     bytes: float
+
+
+def inductor_traffic(record: OpRecord, cal: Calibration) -> OpRecord:
+    """A fused record's bytes as Inductor moves them: fusion.py's estimate x the fitted factor
+    for generated kernels (extern kernels and the optimizer as they are)."""
+    if record.kind != "memory" or record.phase == "optimizer":
+        return record
+    factor = cal.fused_bytes_factor
+    return dataclasses.replace(
+        record, bytes_read=record.bytes_read * factor, bytes_written=record.bytes_written * factor
+    )
 
 
 def simulate(
