@@ -130,7 +130,6 @@ def _jitter_in_device_order(
             chosen = torch.where(order[position] == index, adjusted, chosen)
         images = chosen
     return images
-    return images
 
 
 def _grid(height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
