@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from anobench.backbones import BackboneConfig  # noqa: E402
 from anobench.hardware import create_hardware  # noqa: E402
+from anobench.methods import haloae  # noqa: E402
 from anobench.methods.base import MethodContext  # noqa: E402
 from anobench.methods.cutpaste import JITTERS, _jitter_in_device_order, _jitter_one  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig  # noqa: E402
@@ -82,3 +83,35 @@ def test_compiled_loss_is_one_graph_with_eager_numbers() -> None:
     for grad, compiled_grad in zip(grads, compiled_grads, strict=True):
         scale = grad.abs().max().item()
         torch.testing.assert_close(compiled_grad, grad, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_compiled_training_loss_compiles_once_for_all_epochs() -> None:
+    """hardware.compile=true: loss() hands the epoch's weights as a device tensor, so a new
+    epoch reuses the graph; the values are the eager loss's with that epoch's weights."""
+    torch.manual_seed(0)
+    cfg = HaloAEConfig(**NARROW)  # type: ignore[arg-type]
+    hardware = create_hardware("cpu", compile=True)
+    method = HaloAE(cfg, MethodContext(hardware=hardware, backbone=VGG, progress=False))
+    method.forward = method.net  # the network's own Inductor compile is not under test here
+    method.train_images = torch.rand(5, 3, 32, 32)
+    graphs = []
+
+    def counting_backend(graph: torch.fx.GraphModule, _: list) -> object:
+        graphs.append(graph)
+        return graph.forward
+
+    method._compiled_loss = torch.compile(
+        method.weighted_loss, backend=counting_backend, dynamic=False, fullgraph=True
+    )
+    index = torch.tensor([4, 0, 2, 1])
+    schedules = [cfg.ce_schedule, cfg.feature_schedule, cfg.image_schedule]
+    for epoch in (0, 120, 250):
+        torch.manual_seed(epoch)
+        with torch.no_grad():
+            compiled = method.loss(index, epoch)
+        torch.manual_seed(epoch)
+        with torch.no_grad():
+            eager = method.weighted_loss(index, haloae.loss_weights(epoch, schedules))
+        assert compiled.item() == pytest.approx(eager.item(), rel=1e-6)
+    assert len(graphs) == 1
