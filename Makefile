@@ -54,8 +54,8 @@ bench-dry-run: $(STAMP)  ## wall time of dry_run=true at the paper setting, per 
 .PHONY: bench-model bench-gpu bench-check
 GPU_NAME = $(shell $(PY) -c "import torch; print(torch.cuda.get_device_name(0).split()[1].lower())" 2>/dev/null)
 
-bench-model: $(STAMP)  ## GPU cost model of each training step, traced on this CPU (before/after the merge base)
-	$(PY) bench/costmodel.py
+bench-model: $(STAMP)  ## GPU cost model of each training step, traced on this CPU (before issue 24 / now)
+	$(PY) bench/costmodel.py --before $(or $(BEFORE),7a29020ac)
 
 bench-gpu: $(STAMP)  ## on a GPU: paper-size speed -> bench/results/speed_<gpu>.md (then bench-check)
 	@test -n "$(GPU_NAME)" || { echo "bench-gpu needs a CUDA GPU"; exit 1; }

@@ -9,7 +9,7 @@ import platform
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,14 @@ class Hardware:
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         """torch.compile the module when hardware.compile is on."""
         return torch.compile(module) if self.compile else module  # type: ignore[return-value]
+
+    def compile_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """torch.compile a function with static shapes when hardware.compile is on.
+
+        Static (`dynamic=False`): a batch of another size compiles once more instead of making
+        every shape symbolic, so each compiled graph keeps fixed shapes (CUDA-graph ready).
+        """
+        return torch.compile(fn, dynamic=False) if self.compile else fn
 
     def to_device(self, tensor: torch.Tensor, non_blocking: bool = True) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=non_blocking and self.is_cuda)

@@ -74,28 +74,61 @@ def color_jitter(images: Tensor, strength: float, region: Tensor | None = None) 
         "saturation": _uniform(low, 1.0 + strength, batch, device).view(-1, 1, 1, 1),
         "hue": _uniform(-min(strength, 0.5), min(strength, 0.5), batch, device).view(-1, 1, 1),
     }
-    names = list(factors)
-    # torchvision draws a random order per call; one order per batch, drawn on the CPU
+    if order_on_device():
+        return _jitter_in_device_order(images, factors, region)
+    # torchvision draws a random order per call; one order per batch, drawn on the CPU (eager:
+    # no device sync, and the order chooses which kernels run)
     for index in torch.randperm(4).tolist():
-        name, factor = names[index], factors[names[index]]
-        if name == "brightness":
-            images = (images * factor).clamp(0.0, 1.0)
-        elif name == "contrast":
-            gray = _gray(images)
-            if region is None:
-                mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-            else:
-                weight = region.to(images.dtype)
-                mean = (gray * weight).sum(dim=(1, 2, 3), keepdim=True) / weight.sum(
-                    dim=(1, 2, 3), keepdim=True
-                ).clamp_min(1.0)
-            images = (factor * images + (1 - factor) * mean).clamp(0.0, 1.0)
-        elif name == "saturation":
-            images = (factor * images + (1 - factor) * _gray(images)).clamp(0.0, 1.0)
+        images = _jitter_one(images, JITTERS[index], factors[JITTERS[index]], region)
+    return images
+
+
+JITTERS = ("brightness", "contrast", "saturation", "hue")
+
+
+def order_on_device() -> bool:
+    """Whether the jitter order is drawn on the device: when compiling (one graph, no sync)."""
+    return torch.compiler.is_compiling()
+
+
+def _jitter_one(images: Tensor, name: str, factor: Tensor, region: Tensor | None) -> Tensor:
+    """One of ColorJitter's four adjustments with per-image factors."""
+    if name == "brightness":
+        return (images * factor).clamp(0.0, 1.0)
+    if name == "contrast":
+        gray = _gray(images)
+        if region is None:
+            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
         else:
-            hsv = _rgb_to_hsv(images)
-            hue = torch.remainder(hsv[:, 0] + factor, 1.0)
-            images = _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
+            weight = region.to(images.dtype)
+            mean = (gray * weight).sum(dim=(1, 2, 3), keepdim=True) / weight.sum(
+                dim=(1, 2, 3), keepdim=True
+            ).clamp_min(1.0)
+        return (factor * images + (1 - factor) * mean).clamp(0.0, 1.0)
+    if name == "saturation":
+        return (factor * images + (1 - factor) * _gray(images)).clamp(0.0, 1.0)
+    hsv = _rgb_to_hsv(images)
+    hue = torch.remainder(hsv[:, 0] + factor, 1.0)
+    return _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
+
+
+def _jitter_in_device_order(
+    images: Tensor, factors: dict[str, Tensor], region: Tensor | None
+) -> Tensor:
+    """The four adjustments in an order drawn on the images' device, chosen by selection.
+
+    For a compiled step and a CUDA graph: the order stays a device tensor (no host sync, and a
+    replayed graph draws a new one), each position computes all four adjustments and keeps the
+    drawn one; Inductor fuses that into a few kernels. The same generator as the eager path on
+    a CPU, so the same order and numbers there.
+    """
+    order = torch.randperm(4, device=images.device)
+    for position in range(4):
+        chosen = images
+        for index, name in enumerate(JITTERS):
+            adjusted = _jitter_one(images, name, factors[name], region)
+            chosen = torch.where(order[position] == index, adjusted, chosen)
+        images = chosen
     return images
 
 

@@ -135,15 +135,24 @@ class HaloAttention(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Row mask [nh, 1, 1, 1, W], column mask [1, nw, 1, 1, W] (0 inside the map,
         MASKED_LOGIT outside) and the key selectors [W*W, 2W], in `like`'s dtype and device."""
+        if torch.compiler.is_compiling():
+            # built inside the compiled graph (constant-folded there): filling the cache while
+            # tracing would change what the graph was guarded on and compile it a second time
+            return self._build_constants(height, width, like)
         key = (height, width, like.dtype, like.device)
         if key not in self._constants:
-            rows, cols = (
-                torch.where(self._inside(size, like.device), 0.0, MASKED_LOGIT).to(like.dtype)
-                for size in (height, width)
-            )
-            selectors = self.key_selectors.to(like.device, like.dtype)
-            self._constants[key] = (rows[:, None, None, None], cols[None, :, None, None], selectors)
+            self._constants[key] = self._build_constants(height, width, like)
         return self._constants[key]
+
+    def _build_constants(
+        self, height: int, width: int, like: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        rows, cols = (
+            torch.where(self._inside(size, like.device), 0.0, MASKED_LOGIT).to(like.dtype)
+            for size in (height, width)
+        )
+        selectors = self.key_selectors.to(like.device, like.dtype)
+        return rows[:, None, None, None], cols[None, :, None, None], selectors
 
     def _compat(self, v: Tensor, height: int, width: int) -> Tensor:
         """The authors' inverted mask in closed form. Interior tiles: every logit is replaced by

@@ -322,6 +322,8 @@ class HaloAE:
         channels = sum(self.extractor.channels(cfg.image_size))
         self.net = self.hw.prepare(HaloAENet(cfg, channels))
         self.forward = self.hw.maybe_compile(self.net)
+        self._compiled_loss = self.hw.compile_function(self.weighted_loss)
+        self._epoch_weights: tuple[int, Tensor] | None = None
         self.train_images: Tensor | None = None  # [N, 3, S, S] on the device
         # built once on the device: a tensor from Python numbers per step is a blocking copy
         self.image_mean, self.image_std = (
@@ -351,6 +353,22 @@ class HaloAE:
     def loss(self, index: Tensor, epoch: int) -> Tensor:
         """CE on Cut&Paste labels + weighted (MSE + 1 - SSIM) on features and image of originals."""
         cfg = self.cfg
+        weights = loss_weights(epoch, [cfg.ce_schedule, cfg.feature_schedule, cfg.image_schedule])
+        if not self.hw.compile:
+            return self.weighted_loss(index, weights)
+        # compiled: the whole step's forward is one graph; the weights enter as a device tensor
+        # (made once per epoch) so that a new epoch neither recompiles nor copies per step
+        if self._epoch_weights is None or self._epoch_weights[0] != epoch:
+            self._epoch_weights = (epoch, torch.tensor(weights, device=self.hw.device))
+        return self._compiled_loss(index, self._epoch_weights[1])
+
+    def weighted_loss(self, index: Tensor, weights: list[float] | Tensor) -> Tensor:
+        """The loss of a batch of training-image indices with the (CE, feature, image) weights.
+
+        Colour jitter, Cut&Paste, the VGG features, the network and the losses: no host sync and
+        static shapes, so `hardware.compile=true` compiles it whole (`_compiled_loss`).
+        """
+        cfg = self.cfg
         if self.train_images is None:
             raise RuntimeError("HaloAE.loss needs the training images; call fit")
         # train.py: ColorJitter on the whole image, then Cut&Paste of the jittered image
@@ -373,9 +391,7 @@ class HaloAE:
         n = index.shape[0]
         target_f, rec_f = features[:n].float(), rec_features[:n].float()
         target_i, rec_i = images[:n].float(), rec_images[:n].float()
-        w_ce, w_feat, w_img = loss_weights(
-            epoch, [cfg.ce_schedule, cfg.feature_schedule, cfg.image_schedule]
-        )
+        w_ce, w_feat, w_img = weights
         ce = F.cross_entropy(logits.float(), batch.labels)
         feat = F.mse_loss(rec_f, target_f) + 1 - ssim(target_f, rec_f)
         img = F.mse_loss(rec_i, target_i) + 1 - ssim(rec_i, target_i)

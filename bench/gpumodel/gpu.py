@@ -10,6 +10,7 @@ is done; a sync makes the host wait for the device. The step time is that queue'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,12 @@ class Calibration:
     cpu_extra_kernel_us: float = 7.5
     sync_us: float = 15.0  # a host sync: wait for the queue to drain, then copy and resume
     graph_kernel_us: float = 1.2  # per kernel when the step replays as one CUDA graph
+    # host per kernel of torch.compile's generated wrapper (no op dispatch, autograd or
+    # allocation per op): the 3 us of a further kernel of an op, x 2.5 as above
+    compiled_kernel_us: float = 7.5
+    # bytes Inductor's generated kernels move / bytes fusion.py predicts, on the small HaloAE
+    # step of bench/gpumodel/inductor_check.py (Inductor's CPU scheduler: 305 / 275 MB): fitted
+    fused_bytes_factor: float = 1.1
 
 
 def _peak(spec: GPUSpec, dtype: str) -> float:
@@ -215,13 +222,31 @@ class StepTime:
     bytes: float
 
 
+def inductor_traffic(record: OpRecord, cal: Calibration) -> OpRecord:
+    """A fused record's bytes as Inductor moves them: fusion.py's estimate x the fitted factor
+    for generated kernels (extern kernels and the optimizer as they are)."""
+    if record.kind != "memory" or record.phase == "optimizer":
+        return record
+    factor = cal.fused_bytes_factor
+    return dataclasses.replace(
+        record, bytes_read=record.bytes_read * factor, bytes_written=record.bytes_written * factor
+    )
+
+
 def simulate(
-    records: Sequence[OpRecord], spec: GPUSpec, cal: Calibration, graphed: bool = False
+    records: Sequence[OpRecord],
+    spec: GPUSpec,
+    cal: Calibration,
+    graphed: bool = False,
+    compiled: bool = False,
 ) -> StepTime:
     """Steady-state time of `records` run back to back: the second of two passes.
 
     With `graphed` the pass replays as one CUDA graph: no host cost per op, `graph_kernel_us`
-    per kernel on the device, and no syncs allowed (a trace with one is refused).
+    per kernel on the device, and no syncs allowed (a trace with one is refused). With
+    `compiled` (records from fusion.fuse) the forward and backward run from torch.compile's
+    wrapper at `compiled_kernel_us` per kernel, or, also `graphed`, as CUDA graphs
+    (mode="reduce-overhead"), while the optimizer step stays eager.
     """
     ops = [r for r in records if r.kind != "marker"]
     syncs = sum(r.kind in ("sync", "h2d") for r in ops)
@@ -229,14 +254,19 @@ def simulate(
         raise ValueError(f"a CUDA graph cannot hold the {syncs} host syncs of this trace")
     device = [kernel_seconds(r, spec, cal) for r in ops]
     kernels = [launches(r) for r in ops]
-    if graphed:
-        device = [
-            d + k * cal.graph_kernel_us * 1e-6 if k else d
-            for d, k in zip(device, kernels, strict=True)
-        ]
-        host = [0.0] * len(ops)
-    else:
-        host = [host_seconds(r, cal) for r in ops]
+    in_graph = [graphed and (not compiled or r.phase != "optimizer") for r in ops]
+    device = [
+        d + k * cal.graph_kernel_us * 1e-6 if k and graph else d
+        for d, k, graph in zip(device, kernels, in_graph, strict=True)
+    ]
+    host = []
+    for record, count, graph in zip(ops, kernels, in_graph, strict=True):
+        if graph:
+            host.append(0.0)
+        elif compiled and record.phase != "optimizer":
+            host.append(count * cal.compiled_kernel_us * 1e-6)
+        else:
+            host.append(host_seconds(record, cal))
     host_t = device_t = 0.0
     ends = []
     for _ in range(2):
