@@ -9,8 +9,17 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from anobench.backbones import BackboneConfig
 from anobench.cli import main
 from anobench.config import CONF_DIR, register_configs
+
+# HaloAE's VGG19 (its four feature layers, reflection padding), random weights for the tests
+HALOAE_VGG = BackboneConfig(
+    name="vgg19.tv_in1k",
+    layers=["features.1", "features.6", "features.11", "features.17"],
+    pretrained=False,
+    padding_mode="reflect",
+)
 
 TINY_DATA = [
     "experiment=demo",

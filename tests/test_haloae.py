@@ -14,7 +14,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from PIL import Image  # noqa: E402
 
-from anobench.backbones import BackboneConfig  # noqa: E402
 from anobench.config import method_config  # noqa: E402
 from anobench.errors import AnobenchError  # noqa: E402
 from anobench.hardware import create_hardware  # noqa: E402
@@ -26,15 +25,10 @@ from anobench.methods.haloae import HaloAE, HaloAEConfig, HaloAENet, loss_weight
 from anobench.methods.ops import imagenet_normalize  # noqa: E402
 from bench.gpumodel.autocast import cuda_autocast  # noqa: E402
 from bench.gpumodel.trace import OpTracer  # noqa: E402
+from tests.helpers import HALOAE_VGG as VGG  # noqa: E402
 from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 from tests.reference_haloae import explicit_halo_attention, float64_ssim  # noqa: E402
 
-VGG = BackboneConfig(
-    name="vgg19.tv_in1k",
-    layers=["features.1", "features.6", "features.11", "features.17"],
-    pretrained=False,
-    padding_mode="reflect",
-)
 # narrow widths for the CPU tests that train; spatial settings stay the paper's
 NARROW = {
     "stem_channels": 16,

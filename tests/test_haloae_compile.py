@@ -9,19 +9,13 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from anobench.backbones import BackboneConfig  # noqa: E402
 from anobench.hardware import create_hardware  # noqa: E402
 from anobench.methods import haloae  # noqa: E402
 from anobench.methods.base import MethodContext  # noqa: E402
 from anobench.methods.cutpaste import JITTERS, _jitter_in_device_order, _jitter_one  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig  # noqa: E402
+from tests.helpers import HALOAE_VGG as VGG  # noqa: E402
 
-VGG = BackboneConfig(
-    name="vgg19.tv_in1k",
-    layers=["features.1", "features.6", "features.11", "features.17"],
-    pretrained=False,
-    padding_mode="reflect",
-)
 NARROW = {  # paper layers and logic at 32 px (8x8 features, one 4x4 block), narrow widths
     "image_size": 32,
     "block_size": 4,

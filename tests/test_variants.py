@@ -36,11 +36,9 @@ def tire_root(tmp_path: Path) -> Path:
     return root
 
 
-def test_a_changed_setting_gets_its_own_cell_and_tables_tell_them_apart(
-    tmp_path: Path, tire_root: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    results = tmp_path / "R"
-    base = [
+def _tire_run(tmp_path: Path, tire_root: Path) -> list[str]:
+    """`anobench run` of knn on the tire class, results under tmp_path/R."""
+    return [
         "run",
         "method=knn",
         "category=[tire]",
@@ -48,9 +46,16 @@ def test_a_changed_setting_gets_its_own_cell_and_tables_tell_them_apart(
         "method.image_size=64",
         "latency_repeats=0",
         "progress=false",
-        f"results_dir={results}",
+        f"results_dir={tmp_path / 'R'}",
         f"cache_dir={tmp_path / 'cache'}",
     ]
+
+
+def test_a_changed_setting_gets_its_own_cell_and_tables_tell_them_apart(
+    tmp_path: Path, tire_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "R"
+    base = _tire_run(tmp_path, tire_root)
     assert main([*base, "backbone.pretrained=false"]) == 0
     # trained weights from a file: the offline stand-in for backbone.pretrained=true
     weights = tmp_path / "resnet18.pth"
@@ -294,18 +299,7 @@ def test_a_record_of_other_data_is_set_aside_with_its_maps_and_per_image_scores(
     tmp_path: Path, tire_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = tmp_path / "R"
-    args = [
-        "run",
-        "method=knn",
-        "category=[tire]",
-        f"dataset.root={tire_root}",
-        "method.image_size=64",
-        "backbone.pretrained=false",
-        "latency_repeats=0",
-        "progress=false",
-        f"results_dir={results}",
-        f"cache_dir={tmp_path / 'cache'}",
-    ]
+    args = [*_tire_run(tmp_path, tire_root), "backbone.pretrained=false"]
     assert main(args) == 0
     (cell,) = [p.parent for p in results.rglob("metrics.json")]
     first = json.loads((cell / "metrics.json").read_text())
