@@ -25,7 +25,7 @@ run: $(STAMP)  ## demo: reference method on the built-in synthetic data, then th
 	$(VENV)/bin/anobench run experiment=demo
 	$(VENV)/bin/anobench report results/demo
 
-demo-all: $(STAMP)  ## demo of every method (3-7 minutes per method on a 2-core CPU, ST-MAE ~25)
+demo-all: $(STAMP)  ## demo of every method (3-7 minutes per method on a 2-core CPU, ST-MAE ~15)
 	$(VENV)/bin/anobench run -m experiment=demo method=knn,saae,anovit,haloae,stmae hydra/launcher=basic
 	$(VENV)/bin/anobench report results/demo
 
