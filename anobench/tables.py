@@ -184,9 +184,7 @@ def model_labels(frame: pd.DataFrame) -> dict[tuple, str]:
     """Model -> column label: the method (with `+variant`), the backbone if the method ran
     with several, and `random weights` when the backbone was not pretrained."""
     keys = model_keys(frame)
-    backbones: dict[str, set[str]] = {}
-    for method, backbone, *_ in keys:
-        backbones.setdefault(method, set()).add(backbone)
+    backbones = _backbones_per_method(keys)
     labels = {}
     for key in keys:
         method, backbone, variant, pretrained = key
@@ -615,11 +613,17 @@ def build_tables(
     return tables
 
 
+def _backbones_per_method(keys: Iterable[tuple]) -> dict[str, set[str]]:
+    """The backbones each method ran with, from model keys (method, backbone, ...)."""
+    backbones: dict[str, set[str]] = {}
+    for method, backbone, *_ in keys:
+        backbones.setdefault(method, set()).add(backbone)
+    return backbones
+
+
 def _model_stems(labels: dict[tuple, str]) -> dict[tuple, str]:
     """File stems: method[_variant][_backbone if it has several][_random if needed to differ]."""
-    backbones: dict[str, set[str]] = {}
-    for method, backbone, *_ in labels:
-        backbones.setdefault(method, set()).add(backbone)
+    backbones = _backbones_per_method(labels)
     stems = {}
     for key in labels:
         method, backbone, variant, _ = key

@@ -20,6 +20,19 @@ HALOAE_VGG = BackboneConfig(
     pretrained=False,
     padding_mode="reflect",
 )
+# HaloAE's network at narrow widths for CPU tests that train (spatial settings stay the paper's)
+HALOAE_NARROW = {
+    "stem_channels": 16,
+    "encoder_channels": [16, 8, 8, 8],
+    "decoder_widths": [8, 8, 16, 16, 32],
+    "decoder_channels": [8, 8, 16, 16, 704],
+    "image_decoder_channels": [16, 8, 3, 3],
+    "encoder_heads": [2, 2, 2, 2],
+    "decoder_heads": [2, 2, 2, 2, 2],
+    "dim_head": 8,
+}
+# ... and at 32 px: 8x8 features, one 4x4 block
+HALOAE_NARROW_32PX = {**HALOAE_NARROW, "image_size": 32, "block_size": 4}
 
 TINY_DATA = [
     "experiment=demo",

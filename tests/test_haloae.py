@@ -25,21 +25,10 @@ from anobench.methods.haloae import HaloAE, HaloAEConfig, HaloAENet, loss_weight
 from anobench.methods.ops import imagenet_normalize  # noqa: E402
 from bench.gpumodel.autocast import cuda_autocast  # noqa: E402
 from bench.gpumodel.trace import OpTracer  # noqa: E402
+from tests.helpers import HALOAE_NARROW as NARROW  # noqa: E402
 from tests.helpers import HALOAE_VGG as VGG  # noqa: E402
 from tests.helpers import compose_config, run_demo_cell  # noqa: E402
 from tests.reference_haloae import explicit_halo_attention, float64_ssim  # noqa: E402
-
-# narrow widths for the CPU tests that train; spatial settings stay the paper's
-NARROW = {
-    "stem_channels": 16,
-    "encoder_channels": [16, 8, 8, 8],
-    "decoder_widths": [8, 8, 16, 16, 32],
-    "decoder_channels": [8, 8, 16, 16, 704],
-    "image_decoder_channels": [16, 8, 3, 3],
-    "encoder_heads": [2, 2, 2, 2],
-    "decoder_heads": [2, 2, 2, 2, 2],
-    "dim_head": 8,
-}
 
 
 def _method(**overrides: object) -> HaloAE:

@@ -14,20 +14,8 @@ from anobench.methods import haloae  # noqa: E402
 from anobench.methods.base import MethodContext  # noqa: E402
 from anobench.methods.cutpaste import JITTERS, _jitter_in_device_order, _jitter_one  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig  # noqa: E402
+from tests.helpers import HALOAE_NARROW_32PX as NARROW  # noqa: E402
 from tests.helpers import HALOAE_VGG as VGG  # noqa: E402
-
-NARROW = {  # paper layers and logic at 32 px (8x8 features, one 4x4 block), narrow widths
-    "image_size": 32,
-    "block_size": 4,
-    "stem_channels": 16,
-    "encoder_channels": [16, 8, 8, 8],
-    "decoder_widths": [8, 8, 16, 16, 32],
-    "decoder_channels": [8, 8, 16, 16, 704],
-    "image_decoder_channels": [16, 8, 3, 3],
-    "encoder_heads": [2, 2, 2, 2],
-    "decoder_heads": [2, 2, 2, 2, 2],
-    "dim_head": 8,
-}
 
 
 @pytest.mark.parametrize("with_region", [False, True])

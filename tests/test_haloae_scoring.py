@@ -16,20 +16,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from anobench.hardware import create_hardware  # noqa: E402
 from anobench.methods.base import MethodContext  # noqa: E402
 from anobench.methods.haloae import HaloAE, HaloAEConfig, HaloAENet  # noqa: E402
+from tests.helpers import HALOAE_NARROW_32PX as NARROW  # noqa: E402
 from tests.helpers import HALOAE_VGG as VGG  # noqa: E402
-
-NARROW = {
-    "image_size": 32,
-    "block_size": 4,
-    "stem_channels": 16,
-    "encoder_channels": [16, 8, 8, 8],
-    "decoder_widths": [8, 8, 16, 16, 32],
-    "decoder_channels": [8, 8, 16, 16, 704],
-    "image_decoder_channels": [16, 8, 3, 3],
-    "encoder_heads": [2, 2, 2, 2],
-    "decoder_heads": [2, 2, 2, 2, 2],
-    "dim_head": 8,
-}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
